@@ -1,0 +1,50 @@
+"""The ASGI application: FHIR routes, health checks, OpenAPI page at /docs."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from ekd import __version__
+from ekd.api import errors, fhir
+from ekd.config import Settings
+from ekd.interaction.base import Services
+from ekd.store.database import Database
+from ekd.validation.structure import StructureValidator
+
+
+def build_services(settings: Settings, db: Database | None = None) -> Services:
+    return Services(
+        db=db or Database(settings.database_url),
+        settings=settings,
+        validator=StructureValidator(),
+    )
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+    services = services or build_services(settings or Settings.from_env())
+    app = FastAPI(
+        title="ekd",
+        version=__version__,
+        description="FHIR R4 (4.0.1) server for the Digitaal Dossier JGZ. "
+        "The FHIR base is /fhir; the CapabilityStatement is at /fhir/metadata.",
+    )
+    app.state.services = services
+    errors.install(app)
+    app.include_router(fhir.router(services))
+
+    @app.get("/health/live", tags=["health"], summary="The process is up")
+    def live() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/health/ready", tags=["health"], summary="The database answers")
+    def ready() -> JSONResponse:
+        try:
+            with services.db.read() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    return app

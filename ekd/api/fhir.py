@@ -1,0 +1,188 @@
+"""FHIR REST endpoints under `/fhir`.
+
+All routes share one handler: it turns HTTP into a `FhirRequest` (path parsed by
+`ekd.interaction.route`, the same parser transaction entries use), runs it in a worker thread
+and turns the `FhirResponse` into HTTP. The separate routes exist for the OpenAPI page.
+"""
+
+from __future__ import annotations
+
+from email.utils import format_datetime, parsedate_to_datetime
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from ekd.api.formats import MEDIA, parse_body, render, request_format, response_format
+from ekd.errors import InvalidRequest, PayloadTooLarge
+from ekd.interaction import route
+from ekd.interaction.base import FhirResponse, Services, versioned_url
+from ekd.interaction.bundle import write_outcome
+from ekd.interaction.capabilities import capability_statement
+
+PREFIX = "/fhir"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _prefer(header: str | None) -> tuple[str | None, bool]:
+    ret, strict = None, False
+    for part in (header or "").split(";"):
+        for item in part.split(","):
+            key, _, value = item.strip().partition("=")
+            value = value.strip().strip('"')
+            if key == "return" and value in ("minimal", "representation", "OperationOutcome"):
+                ret = value
+            elif key == "handling":
+                strict = value == "strict"
+    return ret, strict
+
+
+def _http_date(value: str | None):
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest("If-Modified-Since is not an HTTP date") from None
+
+
+def base_url(services: Services, request: Request) -> str:
+    if services.settings.base_url:
+        return services.settings.base_url
+    return str(request.base_url).rstrip("/") + PREFIX
+
+
+def _run(services: Services, request: Request, body: bytes, params: list[tuple[str, str]],
+         headers: dict[str, str | None]) -> FhirResponse:
+    path = request.url.path[len(PREFIX):]
+    prefer_return, strict = _prefer(headers["prefer"])
+    req = route.parse_path(
+        request.method,
+        path,
+        params,
+        base_url(services, request),
+        if_match=headers["if-match"],
+        if_none_match=headers["if-none-match"],
+        if_none_exist=headers["if-none-exist"],
+        if_modified_since=_http_date(headers["if-modified-since"]),
+        prefer_return=prefer_return,
+        prefer_strict=strict,
+    )
+    if req.path_op == "metadata":
+        return FhirResponse(200, capability_statement(req.base))
+    if request.method in BODY_METHODS and req.path_op != "_search":
+        kind = request_format(headers["content-type"], body, patch=request.method == "PATCH")
+        if request.method == "PATCH":
+            if kind != "json-patch":
+                raise InvalidRequest("PATCH needs Content-Type application/json-patch+json")
+            req.patch = parse_body("json", body, services.settings.max_json_depth)
+        else:
+            req.body = parse_body(kind, body, services.settings.max_json_depth)
+    return route.handle(services, req)
+
+
+def _http_response(request: Request, services: Services, resp: FhirResponse,
+                   prefer: str | None) -> Response:
+    fmt = request.state.format
+    headers: dict[str, str] = {}
+    stored = resp.stored
+    if stored is not None:
+        headers["ETag"] = stored.etag
+        headers["Last-Modified"] = format_datetime(stored.last_updated, usegmt=True)
+        if resp.location:
+            headers["Location"] = resp.location
+        if resp.write and not stored.deleted:
+            headers["Content-Location"] = versioned_url(base_url(services, request), stored)
+    body = resp.body
+    status = resp.status
+    if resp.write:
+        if prefer == "minimal":
+            body = None
+        elif prefer == "OperationOutcome":
+            body = write_outcome(resp)
+            if status == 204:
+                status = 200
+    if body is None or status == 304:
+        return Response(status_code=status, headers=headers)
+    content = render(body, fmt, pretty=request.state.pretty)
+    return Response(content, status_code=status, media_type=MEDIA[fmt], headers=headers)
+
+
+def router(services: Services) -> APIRouter:
+    api = APIRouter(prefix=PREFIX)
+    limit = services.settings.max_body_bytes
+
+    async def serve(request: Request) -> Response:
+        params = parse_qsl(request.url.query, keep_blank_values=True)
+        get = dict(params).get
+        request.state.pretty = get("_pretty") == "true"
+        request.state.format = "json"
+        request.state.format = response_format(get("_format"), request.headers.get("accept"))
+        body = await _read_body(request, limit) if request.method in BODY_METHODS else b""
+        if request.url.path.endswith("/_search") and request.method == "POST":
+            form = request.headers.get("content-type", "")
+            if form and not form.startswith("application/x-www-form-urlencoded"):
+                raise InvalidRequest("POST _search needs application/x-www-form-urlencoded")
+            params = params + parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+        names = ("prefer", "if-match", "if-none-match", "if-none-exist", "if-modified-since",
+                 "content-type")
+        headers = {n: request.headers.get(n) for n in names}
+        resp = await run_in_threadpool(_run, services, request, body, params, headers)
+        return _http_response(request, services, resp, _prefer(headers["prefer"])[0])
+
+    async def system(request: Request) -> Response:
+        return await serve(request)
+
+    async def type_level(request: Request, resource_type: str) -> Response:
+        return await serve(request)
+
+    async def instance(request: Request, resource_type: str, id: str) -> Response:
+        return await serve(request)
+
+    async def version(request: Request, resource_type: str, id: str, vid: str) -> Response:
+        return await serve(request)
+
+    tag = ["FHIR"]
+    api.add_api_route("/metadata", system, methods=["GET"], tags=tag,
+                      summary="capabilities: the CapabilityStatement")
+    api.add_api_route("", system, methods=["POST"], tags=tag,
+                      summary="batch / transaction Bundle")
+    api.add_api_route("/_history", system, methods=["GET"], tags=tag, summary="history-system")
+    api.add_api_route("/{resource_type}", type_level, methods=["GET"], tags=tag,
+                      summary="search-type")
+    api.add_api_route("/{resource_type}", type_level, methods=["POST"], tags=tag,
+                      summary="create (If-None-Exist: conditional create)")
+    api.add_api_route("/{resource_type}", type_level, methods=["PUT", "DELETE", "PATCH"],
+                      tags=tag, summary="conditional update / delete / patch")
+    api.add_api_route("/{resource_type}/_search", type_level, methods=["POST"], tags=tag,
+                      summary="search-type (form body)")
+    api.add_api_route("/{resource_type}/_history", type_level, methods=["GET"], tags=tag,
+                      summary="history-type")
+    api.add_api_route("/{resource_type}/{id}", instance, methods=["GET"], tags=tag,
+                      summary="read")
+    api.add_api_route("/{resource_type}/{id}", instance, methods=["PUT"], tags=tag,
+                      summary="update (update-as-create; If-Match)")
+    api.add_api_route("/{resource_type}/{id}", instance, methods=["PATCH"], tags=tag,
+                      summary="patch (JSON Patch)")
+    api.add_api_route("/{resource_type}/{id}", instance, methods=["DELETE"], tags=tag,
+                      summary="delete")
+    api.add_api_route("/{resource_type}/{id}/_history", instance, methods=["GET"], tags=tag,
+                      summary="history-instance")
+    api.add_api_route("/{resource_type}/{id}/_history/{vid}", version, methods=["GET"],
+                      tags=tag, summary="vread")
+    return api

@@ -1,0 +1,1 @@
+"""The `ekd` command line."""

@@ -1,0 +1,109 @@
+"""`ekd`: run the server and manage its database."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ekd import FHIR_VERSION, __version__
+from ekd.config import Settings
+
+app = typer.Typer(
+    help="ekd: FHIR R4 backend for the Digitaal Dossier JGZ.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+db_app = typer.Typer(help="Database schema (migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="EKD_DATABASE_URL",
+        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db. Default: sqlite:///./ekd.db",
+        show_default=False,
+    ),
+]
+
+
+def _settings(database_url: str | None, **extra: object) -> Settings:
+    return Settings.from_env(database_url=database_url, **extra)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.", envvar="EKD_HOST",
+                                             show_default="127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port.", envvar="EKD_PORT",
+                                             show_default="8080")] = None,
+    database_url: DatabaseUrl = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Start the FHIR server (migrates an empty database first)."""
+    import uvicorn
+
+    from ekd.api.app import build_services, create_app
+    from ekd.store.database import Database
+
+    settings = _settings(database_url, host=host, port=port)
+    db = Database(settings.database_url)
+    _ensure_schema(db)
+    app_ = create_app(services=build_services(settings, db))
+    base = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+    console.print(f"[bold]ekd {__version__}[/bold] FHIR R{FHIR_VERSION}")
+    console.print(f"  FHIR base   {base}")
+    console.print(f"  OpenAPI     http://{settings.host}:{settings.port}/docs")
+    console.print(f"  database    {db.display_url}")
+    uvicorn.run(app_, host=settings.host, port=settings.port, log_level=log_level,
+                access_log=False)
+
+
+def _ensure_schema(db: object) -> None:
+    from ekd.store.database import Database
+
+    assert isinstance(db, Database)
+    current, head = db.current_revision(), db.head_revision()
+    if current is None:
+        console.print("  schema      empty database: applying migrations")
+        db.upgrade()
+    elif current != head:
+        console.print(
+            f"[red]The database schema is at {current}, this ekd needs {head}. "
+            "Run `ekd db upgrade` first.[/red]"
+        )
+        raise typer.Exit(2)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    database_url: DatabaseUrl = None,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    from ekd.store.database import Database
+
+    db = Database(_settings(database_url).database_url)
+    before = db.current_revision()
+    db.upgrade(revision)
+    console.print(f"{db.display_url}: {before or 'empty'} -> {db.current_revision()}")
+
+
+@db_app.command("current")
+def db_current(database_url: DatabaseUrl = None) -> None:
+    """Show the schema revision of the database."""
+    from ekd.store.database import Database
+
+    db = Database(_settings(database_url).database_url)
+    current, head = db.current_revision(), db.head_revision()
+    state = "up to date" if current == head else f"newest is {head}"
+    typer.echo(f"{current or 'empty'} ({state})")
+
+
+@app.command()
+def version() -> None:
+    """Print the ekd and FHIR versions."""
+    typer.echo(f"ekd {__version__} (FHIR {FHIR_VERSION})")

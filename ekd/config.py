@@ -1,0 +1,52 @@
+"""Runtime configuration, read from `EKD_*` environment variables.
+
+One frozen object is built at start-up and passed down explicitly, so tests can run several
+differently-configured servers in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+DEFAULT_DATABASE_URL = "sqlite:///./ekd.db"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a whole number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Public base URL of the FHIR endpoint; derived from the request when empty.
+    base_url: str = ""
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_json_depth: int = 64
+    max_bundle_entries: int = 10_000
+    default_page_size: int = 50
+    max_page_size: int = 1_000
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        settings = cls(
+            database_url=os.environ.get("EKD_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            host=os.environ.get("EKD_HOST") or "127.0.0.1",
+            port=_env_int("EKD_PORT", 8080),
+            base_url=os.environ.get("EKD_BASE_URL", "").rstrip("/"),
+            max_body_bytes=_env_int("EKD_MAX_BODY_BYTES", 16 * 1024 * 1024),
+            max_json_depth=_env_int("EKD_MAX_JSON_DEPTH", 64),
+            max_bundle_entries=_env_int("EKD_MAX_BUNDLE_ENTRIES", 10_000),
+            default_page_size=_env_int("EKD_DEFAULT_PAGE_SIZE", 50),
+            max_page_size=_env_int("EKD_MAX_PAGE_SIZE", 1_000),
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return replace(settings, **clean) if clean else settings

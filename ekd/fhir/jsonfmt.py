@@ -1,0 +1,41 @@
+"""FHIR JSON (http://hl7.org/fhir/R4/json.html): parsing with limits, and fast serialisation.
+
+orjson does the work; we add what a server exposed to the network needs: a position in every
+syntax error and a nesting limit (deeply nested input is a cheap denial-of-service vector).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ekd.errors import ParseError
+
+
+def loads(data: bytes | str, *, max_depth: int = 64) -> Any:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(
+            f"Body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    check_depth(value, max_depth)
+    return value
+
+
+def check_depth(value: Any, max_depth: int) -> None:
+    """Reject documents nested deeper than `max_depth` (iterative: no recursion limit to hit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise ParseError(f"JSON nesting exceeds the maximum depth of {max_depth}")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+
+
+def dumps(value: Any, *, pretty: bool = False) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 if pretty else 0)

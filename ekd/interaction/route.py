@@ -1,0 +1,136 @@
+"""Routing a FHIR request (from HTTP or from a Bundle entry) to its interaction.
+
+One table for both, so that `Patient/1/_history/2` in a transaction entry means exactly what it
+means in a URL. `handle` owns the database transaction and retries a request that lost a
+compare-and-set race (only when the client did not pin a version with `If-Match`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import parse_qsl, urlsplit
+
+from ekd.errors import InvalidRequest, MethodNotAllowed, NotFound, NotSupported
+from ekd.interaction.base import FhirRequest, FhirResponse, Services, require_type
+from ekd.interaction.create import create
+from ekd.interaction.delete import delete
+from ekd.interaction.history import history
+from ekd.interaction.patch import patch
+from ekd.interaction.read import read, vread
+from ekd.interaction.search import search
+from ekd.interaction.update import update
+from ekd.store.resources import ResourceStore, VersionConflict
+
+Interaction = Callable[[Services, ResourceStore, FhirRequest], FhirResponse]
+
+MAX_ATTEMPTS = 3
+
+
+def parse_path(
+    method: str, path: str, params: list[tuple[str, str]], base: str, **headers: object
+) -> FhirRequest:
+    """Split `[type]/[id]/_history/[vid]` and friends into a FhirRequest."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    req = FhirRequest(method=method.upper(), base=base, params=params, **headers)  # type: ignore[arg-type]
+    if any(p.startswith("$") for p in parts):
+        raise NotFound(f"Unknown operation '{next(p for p in parts if p.startswith('$'))}'")
+    if not parts:
+        return req
+    if parts[0] in ("_history", "metadata"):
+        if len(parts) != 1:
+            raise NotFound(f"Unknown path '{path}'")
+        req.path_op = parts[0]
+        return req
+    req.type = require_type(parts[0])
+    rest = parts[1:]
+    if not rest:
+        return req
+    if rest[0] in ("_history", "_search"):
+        if len(rest) != 1:
+            raise NotFound(f"Unknown path '{path}'")
+        req.path_op = rest[0]
+        return req
+    req.id = rest[0]
+    if len(rest) == 1:
+        return req
+    if rest[1] != "_history" or len(rest) > 3:
+        raise NotFound(f"Unknown path '{path}'")
+    req.path_op = "_history"
+    if len(rest) == 3:
+        req.version = rest[2]
+    return req
+
+
+def parse_url(method: str, url: str, base: str, **headers: object) -> FhirRequest:
+    """A Bundle entry's `request.url`: relative to the base, or absolute on this server."""
+    if url.startswith(base + "/"):
+        url = url[len(base) + 1 :]
+    elif "://" in url:
+        raise InvalidRequest(f"request.url '{url}' is not on this server")
+    parts = urlsplit(url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    return parse_path(method, parts.path, params, base, **headers)
+
+
+def select(req: FhirRequest) -> Interaction:
+    m, op = req.method, req.path_op
+    if req.type is None:
+        if op == "_history" and m == "GET":
+            return history
+        raise MethodNotAllowed(f"{m} is not supported on this path")
+    if req.id is None:
+        if op == "_history":
+            if m == "GET":
+                return history
+        elif op == "_search":
+            if m == "POST":
+                return search
+        elif m == "GET":
+            return search
+        elif m == "POST":
+            return create
+        elif m == "PUT":
+            return update
+        elif m == "DELETE":
+            return delete
+        elif m == "PATCH":
+            return patch
+        raise MethodNotAllowed(f"{m} is not supported on this path")
+    if op == "_history":
+        if m == "GET":
+            return vread if req.version is not None else history
+        raise MethodNotAllowed(f"{m} is not supported on history")
+    table: dict[str, Interaction] = {"GET": read, "PUT": update, "PATCH": patch,
+                                     "DELETE": delete}
+    if m not in table:
+        raise MethodNotAllowed(f"{m} is not supported on a resource instance")
+    return table[m]
+
+
+def is_read_only(req: FhirRequest) -> bool:
+    return req.method in ("GET", "HEAD") or req.path_op == "_search"
+
+
+def execute(services: Services, store: ResourceStore, req: FhirRequest) -> FhirResponse:
+    """Run one interaction inside the caller's transaction."""
+    return select(req)(services, store, req)
+
+
+def handle(services: Services, req: FhirRequest) -> FhirResponse:
+    """Run one request in its own transaction (Bundles manage their own)."""
+    if req.type is None and req.path_op is None:
+        if req.method == "POST":
+            from ekd.interaction.transaction import process
+
+            return process(services, req)
+        raise NotSupported("Searching across all resource types is not supported yet")
+    interaction = select(req)
+    read_only = is_read_only(req)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            with services.db.read() if read_only else services.db.write() as conn:
+                return interaction(services, services.store(conn), req)
+        except VersionConflict:
+            if attempt == MAX_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")

@@ -1,0 +1,44 @@
+"""What every write shares: validation, `If-Match`, and lost compare-and-set races."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ekd.errors import Issue, PreconditionFailed, ResourceInvalid
+from ekd.interaction.base import FhirRequest, Services, etag_version
+from ekd.store.resources import Stored, VersionConflict
+
+
+def validate(services: Services, resource: dict) -> list[Issue]:
+    """Validate; raise on errors (nothing is stored), return warnings to report."""
+    issues = services.validator.validate(resource)
+    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    if errors:
+        raise ResourceInvalid(errors[0].diagnostics, issues=issues)
+    return issues
+
+
+def check_if_match(req: FhirRequest, current: Stored | None) -> None:
+    """http://hl7.org/fhir/R4/http.html#concurrency"""
+    expected = etag_version(req.if_match)
+    if expected is None:
+        return
+    if current is None:
+        raise PreconditionFailed("If-Match given, but the resource does not exist")
+    if current.version != expected:
+        raise PreconditionFailed(
+            f"If-Match expects version {expected}, the current version is {current.version}"
+        )
+
+
+def guarded(req: FhirRequest, write: Callable[[], Stored]) -> Stored:
+    """Run a store write; under `If-Match` a concurrent writer that got in first is a 412.
+
+    Without `If-Match` the conflict propagates and the request is retried from the start.
+    """
+    try:
+        return write()
+    except VersionConflict as exc:
+        if req.if_match is not None:
+            raise PreconditionFailed(exc.diagnostics) from None
+        raise
