@@ -21,7 +21,11 @@ class Issue:
     expression: tuple[str, ...] = field(default_factory=tuple)
 
     def to_fhir(self) -> dict:
-        issue: dict = {"severity": self.severity, "code": self.code, "diagnostics": self.diagnostics}
+        issue: dict = {
+            "severity": self.severity,
+            "code": self.code,
+            "diagnostics": self.diagnostics,
+        }
         if self.expression:
             issue["expression"] = list(self.expression)
         return issue
@@ -62,13 +66,13 @@ class InvalidRequest(FhirError):
 
 
 class ParseError(FhirError):
-    """The body is not well-formed JSON/XML or not a FHIR resource; the message names the position."""
+    """The body is not well-formed JSON/XML or no FHIR resource; the message names the position."""
 
     status, code = 400, "structure"
 
 
 class ResourceInvalid(FhirError):
-    """Well-formed, but the resource breaks the rules of its definition (R4 says 400 or 422; we use 422)."""
+    """Well-formed, but breaking the rules of its definition (R4 allows 400 or 422; we use 422)."""
 
     status, code = 422, "invalid"
 

@@ -20,7 +20,7 @@ def delete(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRe
             conditional.find(store, rtype, req.params), "Conditional delete"
         )
     else:
-        current = store.current(rtype, req.id)
+        current = store.current(rtype, req.id, lock=True)
     if req.if_match is not None:
         check_if_match(req, current)
     if current is None or current.deleted:

@@ -27,7 +27,7 @@ def patch(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRes
         if current is None:
             raise NotFound("Conditional patch: no resource matches the criteria")
     else:
-        current = store.current(rtype, req.id)
+        current = store.current(rtype, req.id, lock=True)
         if current is None:
             raise NotFound(f"{rtype}/{req.id} is not known")
     if current.deleted:

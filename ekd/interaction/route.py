@@ -65,7 +65,7 @@ def parse_url(method: str, url: str, base: str, **headers: object) -> FhirReques
     """A Bundle entry's `request.url`: relative to the base, or absolute on this server."""
     if url.startswith(base + "/"):
         url = url[len(base) + 1 :]
-    elif "://" in url:
+    elif "://" in url.split("?", 1)[0]:
         raise InvalidRequest(f"request.url '{url}' is not on this server")
     parts = urlsplit(url)
     params = parse_qsl(parts.query, keep_blank_values=True)

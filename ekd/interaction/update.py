@@ -56,7 +56,8 @@ def update(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRe
             f"The id in the body ({body['id']}) differs from the id in the URL ({rid})",
             expression="id",
         )
-    return _update(services, store, req, rtype, rid, body, store.current(rtype, rid))
+    return _update(services, store, req, rtype, rid, body,
+                   store.current(rtype, rid, lock=True))
 
 
 def _update(
@@ -100,4 +101,4 @@ def _conditional_update(
         return _update(services, store, req, rtype, match.id, body, match)
     rid = body.get("id") or req.assigned_id or str(uuid.uuid4())
     rid = require_id(rid)
-    return _update(services, store, req, rtype, rid, body, store.current(rtype, rid))
+    return _update(services, store, req, rtype, rid, body, store.current(rtype, rid, lock=True))

@@ -146,10 +146,15 @@ class ResourceStore:
 
     # -- reads ------------------------------------------------------------------------------
 
-    def current(self, rtype: str, rid: str) -> Stored | None:
-        row = self.conn.execute(
-            _CURRENT.where(resource.c.type == rtype, resource.c.id == rid)
-        ).first()
+    def current(self, rtype: str, rid: str, *, lock: bool = False) -> Stored | None:
+        """The current version; `lock` (before a write) makes concurrent writers of the same
+        resource queue on PostgreSQL instead of racing (SQLite's write lock already does)."""
+        where = (resource.c.type == rtype, resource.c.id == rid)
+        if lock and not self._sqlite:
+            # Lock first, read second: a locking join would re-check the join against the
+            # old version row after the wait and return nothing.
+            self.conn.execute(select(resource.c.pk).where(*where).with_for_update())
+        row = self.conn.execute(_CURRENT.where(*where)).first()
         return _row_to_stored(row) if row else None
 
     def current_many(self, pks: list[int]) -> list[Stored]:
