@@ -1,0 +1,5 @@
+"""`python -m ekd` is the `ekd` command."""
+
+from ekd.cli.main import app
+
+app()

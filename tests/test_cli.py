@@ -1,0 +1,66 @@
+"""The `ekd` command: help, migrations and a real server process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from typer.testing import CliRunner
+
+from ekd.cli.main import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("serve", "db", "version"):
+        assert command in result.output
+
+
+def test_db_upgrade_and_current(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert "empty" in runner.invoke(app, ["db", "current", "--database-url", url]).output
+    up = runner.invoke(app, ["db", "upgrade", "--database-url", url])
+    assert up.exit_code == 0, up.output
+    assert "up to date" in runner.invoke(app, ["db", "current", "--database-url", url]).output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_starts_on_an_empty_database_and_says_where(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "EKD_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ekd", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["fhirVersion"] == "4.0.1"
+        created = httpx.post(f"http://127.0.0.1:{port}/fhir/Patient",
+                             json={"resourceType": "Patient", "gender": "female"})
+        assert created.status_code == 201
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=10)[0]
+    assert f"http://127.0.0.1:{port}/fhir" in output
+    assert "serve.db" in output
