@@ -69,6 +69,7 @@ resource_version = Table(
     Column("org", String(64), nullable=True),
     UniqueConstraint("resource_pk", "version", name="uq_resource_version"),
     Index("ix_resource_version_type_seq", "type", "seq"),
+    Index("ix_resource_version_type_id", "type", "id", "version"),
     Index("ix_resource_version_last_updated", "last_updated"),
 )
 

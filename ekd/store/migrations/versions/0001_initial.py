@@ -45,6 +45,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("resource_pk", "version", name="uq_resource_version"),
     )
     op.create_index("ix_resource_version_type_seq", "resource_version", ["type", "seq"])
+    op.create_index(
+        "ix_resource_version_type_id", "resource_version", ["type", "id", "version"]
+    )
     op.create_index("ix_resource_version_last_updated", "resource_version", ["last_updated"])
     op.create_table(
         "search_token",
