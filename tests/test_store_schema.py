@@ -14,3 +14,9 @@ def test_migrations_match_declared_schema(database: Database) -> None:
     with database.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
+
+
+def test_resource_type_list_matches_the_models() -> None:
+    from ekd.fhir.resource_types import RESOURCE_TYPES, model_resource_types
+
+    assert model_resource_types() == RESOURCE_TYPES

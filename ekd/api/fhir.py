@@ -162,6 +162,7 @@ def router(services: Services) -> APIRouter:
                       summary="capabilities: the CapabilityStatement")
     api.add_api_route("", system, methods=["POST"], tags=tag,
                       summary="batch / transaction Bundle")
+    api.add_api_route("/", system, methods=["POST"], include_in_schema=False)
     api.add_api_route("/_history", system, methods=["GET"], tags=tag, summary="history-system")
     api.add_api_route("/{resource_type}", type_level, methods=["GET"], tags=tag,
                       summary="search-type")

@@ -53,6 +53,7 @@ def serve(
     db = Database(settings.database_url)
     _ensure_schema(db)
     app_ = create_app(services=build_services(settings, db))
+    _warm_up_models()
     base = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
     console.print(f"[bold]ekd {__version__}[/bold] FHIR R{FHIR_VERSION}")
     console.print(f"  FHIR base   {base}")
@@ -60,6 +61,16 @@ def serve(
     console.print(f"  database    {db.display_url}")
     uvicorn.run(app_, host=settings.host, port=settings.port, log_level=log_level,
                 access_log=False)
+
+
+def _warm_up_models() -> None:
+    """Build the pydantic models of all resource types in the background (seconds of CPU), so
+    that the first request of each type does not pay for it."""
+    import threading
+
+    from ekd.fhir.resource_types import model_resource_types
+
+    threading.Thread(target=model_resource_types, name="ekd-warm-up", daemon=True).start()
 
 
 def _ensure_schema(db: object) -> None:
