@@ -153,3 +153,15 @@ def test_health(client: TestClient) -> None:
     assert client.get("/health/live").json() == {"status": "ok"}
     assert client.get("/health/ready").status_code == 200
     assert client.get("/openapi.json").status_code == 200
+
+
+def test_summary_applies_inside_backbone_elements(client: TestClient) -> None:
+    obs = {
+        "resourceType": "Observation", "status": "final", "code": {"text": "bloeddruk"},
+        "component": [{"code": {"text": "systolisch"}, "valueQuantity": {"value": 110},
+                       "interpretation": [{"text": "normaal"}]}],
+    }
+    r = client.post("/fhir/Observation", json=obs)
+    oid = id_from_location(r.headers["location"])
+    s = client.get(f"/fhir/Observation/{oid}?_summary=true").json()
+    assert s["component"] == [{"code": {"text": "systolisch"}, "valueQuantity": {"value": 110}}]
