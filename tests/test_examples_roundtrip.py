@@ -51,13 +51,6 @@ def _dropped(rtype: str, by: str) -> tuple[str, str]:
 
 
 #: Examples that cannot round-trip: file name -> (start of the expected outcome, checked reason).
-#: Deliberately NOT listed: Bundle-v2-valuesets.json, rejected with 422 because of a server-side
-#: validation bug, not an R4/R4B difference: fhir.resources 8.3 (R4B) declares no `_valueX`
-#: fields on Extension, so an extension on the primitive value of an extension (1034 times here:
-#: the translation extension on codesystem-concept-comments' valueString) is reported as an
-#: unknown element (upstream: nazrulworld/fhir.resources#204); also 4 codes of v2-0550 ending in
-#: U+00A0 fail the code regex, whose `\s` Python reads as Unicode whitespace while FHIR (XML
-#: Schema) means only space, tab, CR and LF. Without validation the bundle round-trips cleanly.
 KNOWN_EXCEPTIONS: dict[str, tuple[str, str]] = {
     # R4 resource types that R4B removed (medication definition and evidence redesigns).
     "MedicinalProduct-example.json": _dropped("MedicinalProduct", "MedicinalProductDefinition"),

@@ -7,6 +7,7 @@ Input values are never echoed into messages: they may be a BSN or clinical data.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -51,21 +52,86 @@ class StructureValidator:
             model = get_fhir_model_class(rtype)
         except ValueError:
             return [Issue("error", "not-supported", f"Unknown resource type '{rtype}'", ())]
-        try:
-            model.model_validate(resource)
-        except ValidationError as exc:
-            issues = []
-            for err in exc.errors(include_input=False, include_url=False):
-                loc = [s for s in err.get("loc", ()) if not _is_internal(s)]
-                path = fhirpath(rtype, loc)
-                code = "structure" if err.get("type") == "extra_forbidden" else "value"
-                if err.get("type") == "missing":
-                    code = "required"
-                issues.append(Issue("error", code, f"{path}: {_message(err)}", (path,)))
-            return issues
-        except (TypeError, ValueError) as exc:  # model-level validators raising directly
-            return [Issue("error", "invalid", f"{rtype}: {exc}", (rtype,))]
-        return []
+        resource, value_elements = _split_extension_value_elements(resource)
+        issues = _validate(model, resource, rtype, ())
+        for loc, element in value_elements:
+            issues += _validate(_element_model(), element, rtype, loc)
+        return issues
+
+
+def _validate(model: type, data: dict, rtype: str, prefix: tuple) -> list[Issue]:
+    try:
+        model.model_validate(data)  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors(include_url=False):
+            if _false_pattern_mismatch(err):
+                continue
+            loc = [*prefix, *(s for s in err.get("loc", ()) if not _is_internal(s))]
+            path = fhirpath(rtype, loc)
+            code = "structure" if err.get("type") == "extra_forbidden" else "value"
+            if err.get("type") == "missing":
+                code = "required"
+            issues.append(Issue("error", code, f"{path}: {_message(err)}", (path,)))
+        return issues
+    except (TypeError, ValueError) as exc:  # model-level validators raising directly
+        return [Issue("error", "invalid", f"{rtype}: {exc}", (rtype,))]
+    return []
+
+
+def _false_pattern_mismatch(err: dict) -> bool:
+    """FHIR's regexes use XML Schema's `\\s` (space, tab, CR, LF); Python's `re` reads `\\s` as
+    any Unicode space, so a code such as "A\\u00a0B" is rejected although FHIR allows it.
+    Re-check such a mismatch with ASCII semantics. (The value is only compared, never echoed.)"""
+    if err.get("type") != "string_pattern_mismatch":
+        return False
+    pattern = (err.get("ctx") or {}).get("pattern")
+    value = err.get("input")
+    if not isinstance(pattern, str) or not isinstance(value, str):
+        return False
+    return re.fullmatch(pattern, value, flags=re.ASCII) is not None
+
+
+def _element_model() -> type:
+    from fhir.resources.R4B.element import Element
+
+    return Element
+
+
+def _split_extension_value_elements(
+    resource: dict,
+) -> tuple[dict, list[tuple[tuple, dict]]]:
+    """Take `_valueX` (id/extensions of an extension's primitive value) out of extensions.
+
+    R4 allows them (http://hl7.org/fhir/R4/json.html#primitive) but the fhir.resources R4B
+    Extension model has no such fields (upstream nazrulworld/fhir.resources#204). They are
+    validated separately as Elements; the resource is copied only when it has any.
+    """
+    found: list[tuple[tuple, dict, str]] = []
+    stack: list[tuple[object, tuple]] = [(resource, ())]
+    while stack:
+        node, loc = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key.startswith("_value") and "url" in node and isinstance(value, dict):
+                    found.append((loc, node, key))
+                elif isinstance(value, dict | list):
+                    stack.append((value, (*loc, key)))
+        elif isinstance(node, list):
+            stack.extend((v, (*loc, i)) for i, v in enumerate(node) if isinstance(v, dict | list))
+    if not found:
+        return resource, []
+    import copy
+
+    clean = copy.deepcopy(resource)
+    elements: list[tuple[tuple, dict]] = []
+    for loc, _node, key in found:
+        target: object = clean
+        for step in loc:
+            target = target[step]  # type: ignore[index]
+        assert isinstance(target, dict)
+        elements.append(((*loc, key), target.pop(key)))
+    return clean, elements
 
 
 def _is_internal(step: object) -> bool:
