@@ -32,7 +32,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     )
     app.state.services = services
     errors.install(app)
-    app.include_router(fhir.router(services))
+    serve = fhir.endpoint(services)
+    app.include_router(fhir.router(serve))
+    app.router.routes[:0] = fhir.dispatch_routes(serve)
 
     @app.get("/health/live", tags=["health"], summary="The process is up")
     def live() -> JSONResponse:

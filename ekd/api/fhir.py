@@ -7,12 +7,14 @@ and turns the `FhirResponse` into HTTP. The separate routes exist for the OpenAP
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from email.utils import format_datetime, parsedate_to_datetime
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
 
 from ekd.api.formats import MEDIA, parse_body, render, request_format, response_format
 from ekd.errors import InvalidRequest, PayloadTooLarge
@@ -59,6 +61,14 @@ def _http_date(value: str | None):
         return parsedate_to_datetime(value)
     except (TypeError, ValueError):
         raise InvalidRequest("If-Modified-Since is not an HTTP date") from None
+
+
+def _is_instance_read(path: str) -> bool:
+    """`/fhir/Type/id` or `/fhir/Type/id/_history/vid` (not search, history or metadata)."""
+    parts = path[len(PREFIX):].strip("/").split("/")
+    return (len(parts) == 2 and not parts[1].startswith("_") and not parts[1].startswith("$")) or (
+        len(parts) == 4 and parts[2] == "_history"
+    )
 
 
 def base_url(services: Services, request: Request) -> str:
@@ -123,8 +133,12 @@ def _http_response(request: Request, services: Services, resp: FhirResponse,
     return Response(content, status_code=status, media_type=MEDIA[fmt], headers=headers)
 
 
-def router(services: Services) -> APIRouter:
-    api = APIRouter(prefix=PREFIX)
+Endpoint = Callable[[Request], Awaitable[Response]]
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def endpoint(services: Services) -> Endpoint:
+    """The one handler behind every FHIR URL."""
     limit = services.settings.max_body_bytes
 
     async def serve(request: Request) -> Response:
@@ -142,8 +156,33 @@ def router(services: Services) -> APIRouter:
         names = ("prefer", "if-match", "if-none-match", "if-none-exist", "if-modified-since",
                  "content-type")
         headers = {n: request.headers.get(n) for n in names}
-        resp = await run_in_threadpool(_run, services, request, body, params, headers)
+        if request.method == "GET" and _is_instance_read(request.url.path):
+            # read/vread: one indexed statement. A hop to the thread pool costs more than the
+            # read itself (~0.3 ms), so it runs on the event loop; everything else that touches
+            # the database (writes, search, history, Bundles) runs in the pool.
+            resp = _run(services, request, body, params, headers)
+        else:
+            resp = await run_in_threadpool(_run, services, request, body, params, headers)
         return _http_response(request, services, resp, _prefer(headers["prefer"])[0])
+
+    return serve
+
+
+def dispatch_routes(serve: Endpoint) -> list[Route]:
+    """Plain Starlette routes that take every request under /fhir.
+
+    They sit in front of the documented FastAPI routes: matching one `{path:path}` pattern and
+    skipping FastAPI's parameter resolution saves ~0.15 ms per request, a quarter of a read.
+    """
+    return [
+        Route(PREFIX, serve, methods=METHODS, include_in_schema=False),
+        Route(PREFIX + "/{path:path}", serve, methods=METHODS, include_in_schema=False),
+    ]
+
+
+def router(serve: Endpoint) -> APIRouter:
+    """The FHIR API as the OpenAPI page shows it (requests are served by `dispatch_routes`)."""
+    api = APIRouter(prefix=PREFIX)
 
     async def system(request: Request) -> Response:
         return await serve(request)

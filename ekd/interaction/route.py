@@ -107,6 +107,10 @@ def select(req: FhirRequest) -> Interaction:
     return table[m]
 
 
+#: Reads that run one statement need no transaction around it.
+SINGLE_STATEMENT: frozenset[Interaction] = frozenset({read, vread})
+
+
 def is_read_only(req: FhirRequest) -> bool:
     return req.method in ("GET", "HEAD") or req.path_op == "_search"
 
@@ -125,6 +129,9 @@ def handle(services: Services, req: FhirRequest) -> FhirResponse:
             return process(services, req)
         raise NotSupported("Searching across all resource types is not supported yet")
     interaction = select(req)
+    if interaction in SINGLE_STATEMENT:
+        with services.db.autocommit() as conn:
+            return interaction(services, services.store(conn), req)
     read_only = is_read_only(req)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:

@@ -42,7 +42,8 @@ class Database:
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            # No pre-ping: it costs a round trip per request; stale connections are recycled.
+            kwargs.update(pool_size=10, max_overflow=20, pool_recycle=1800)
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
@@ -61,8 +62,20 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        """A read-only transaction: one snapshot for several statements (search, history)."""
         with self.engine.connect() as conn, conn.begin():
             yield conn
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """For a single read statement: no BEGIN/COMMIT round trips (PostgreSQL; SQLite runs
+        in-process, where a transaction costs nothing worth saving)."""
+        if self.dialect == "sqlite":
+            with self.read() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
     # -- schema -----------------------------------------------------------------------------
 
