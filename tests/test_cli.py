@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from ekd.cli.main import app
@@ -38,11 +39,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_starts_on_an_empty_database_and_says_where(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_starts_on_an_empty_database_and_says_where(tmp_path: Path, workers: int) -> None:
     port = _free_port()
     env = {**os.environ, "EKD_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ekd", "serve", "--port", str(port)],
+        [sys.executable, "-m", "ekd", "serve", "--port", str(port), "--workers", str(workers)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -50,3 +52,13 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         return JSONResponse({"status": "ok"})
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app `ekd serve` runs (in each worker process): configured from `EKD_*` variables."""
+    from ekd.fhir.resource_types import model_resource_types
+
+    # Build the pydantic models of all resource types in the background (seconds of CPU), so
+    # that the first request of each type does not pay for it.
+    threading.Thread(target=model_resource_types, name="ekd-warm-up", daemon=True).start()
+    return create_app(Settings.from_env())

@@ -41,36 +41,32 @@ def serve(
     port: Annotated[int | None, typer.Option(help="TCP port.", envvar="EKD_PORT",
                                              show_default="8080")] = None,
     database_url: DatabaseUrl = None,
+    workers: Annotated[int, typer.Option(help="Server processes (one per core is a good start).",
+                                         envvar="EKD_WORKERS", min=1)] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Start the FHIR server (migrates an empty database first)."""
+    import os
+
     import uvicorn
 
-    from ekd.api.app import build_services, create_app
     from ekd.store.database import Database
 
     settings = _settings(database_url, host=host, port=port)
     db = Database(settings.database_url)
     _ensure_schema(db)
-    app_ = create_app(services=build_services(settings, db))
-    _warm_up_models()
+    db.dispose()
+    # Worker processes build their app from the environment (ekd.api.app:app_from_env).
+    os.environ["EKD_DATABASE_URL"] = settings.database_url
     base = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
     console.print(f"[bold]ekd {__version__}[/bold] FHIR R{FHIR_VERSION}")
     console.print(f"  FHIR base   {base}")
     console.print(f"  OpenAPI     http://{settings.host}:{settings.port}/docs")
     console.print(f"  database    {db.display_url}")
-    uvicorn.run(app_, host=settings.host, port=settings.port, log_level=log_level,
-                access_log=False)
-
-
-def _warm_up_models() -> None:
-    """Build the pydantic models of all resource types in the background (seconds of CPU), so
-    that the first request of each type does not pay for it."""
-    import threading
-
-    from ekd.fhir.resource_types import model_resource_types
-
-    threading.Thread(target=model_resource_types, name="ekd-warm-up", daemon=True).start()
+    if workers > 1:
+        console.print(f"  workers     {workers}")
+    uvicorn.run("ekd.api.app:app_from_env", factory=True, host=settings.host,
+                port=settings.port, workers=workers, log_level=log_level, access_log=False)
 
 
 def _ensure_schema(db: object) -> None:
