@@ -207,8 +207,9 @@ def router(serve: Endpoint) -> APIRouter:
                       summary="search-type")
     api.add_api_route("/{resource_type}", type_level, methods=["POST"], tags=tag,
                       summary="create (If-None-Exist: conditional create)")
-    api.add_api_route("/{resource_type}", type_level, methods=["PUT", "DELETE", "PATCH"],
-                      tags=tag, summary="conditional update / delete / patch")
+    for method, what in (("PUT", "update"), ("DELETE", "delete"), ("PATCH", "patch")):
+        api.add_api_route("/{resource_type}", type_level, methods=[method], tags=tag,
+                          summary=f"conditional {what}", operation_id=f"conditional_{what}")
     api.add_api_route("/{resource_type}/_search", type_level, methods=["POST"], tags=tag,
                       summary="search-type (form body)")
     api.add_api_route("/{resource_type}/_history", type_level, methods=["GET"], tags=tag,
