@@ -34,6 +34,8 @@ class Settings:
     max_bundle_entries: int = 10_000
     default_page_size: int = 50
     max_page_size: int = 1_000
+    #: FHIR packages (.tgz or folders) whose conformance resources are loaded at start.
+    packages: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -47,6 +49,7 @@ class Settings:
             max_bundle_entries=_env_int("EKD_MAX_BUNDLE_ENTRIES", 10_000),
             default_page_size=_env_int("EKD_DEFAULT_PAGE_SIZE", 50),
             max_page_size=_env_int("EKD_MAX_PAGE_SIZE", 1_000),
+            packages=tuple(p for p in os.environ.get("EKD_PACKAGES", "").split(os.pathsep) if p),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **clean) if clean else settings

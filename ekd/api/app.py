@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -11,16 +12,36 @@ from sqlalchemy import text
 from ekd import __version__
 from ekd.api import errors, fhir
 from ekd.config import Settings
+from ekd.definitions.registry import Registry
 from ekd.interaction.base import Services
 from ekd.store.database import Database
+from ekd.terminology.service import TerminologyService
 from ekd.validation.structure import StructureValidator
+
+#: The project's own conformance resources (a source checkout; packaged with issue #4).
+PROJECT_DEFINITIONS = [Path(__file__).resolve().parents[2] / d for d in ("profiles", "terminology")]
+
+
+def build_registry(settings: Settings) -> Registry:
+    """Base definitions, configured packages, then the project's profiles and terminology."""
+    registry = Registry()
+    registry.load_base()
+    for package in settings.packages:
+        registry.load_package(Path(package))
+    for folder in PROJECT_DEFINITIONS:
+        if folder.is_dir():
+            registry.load_dir(folder)
+    return registry
 
 
 def build_services(settings: Settings, db: Database | None = None) -> Services:
+    registry = build_registry(settings)
     return Services(
         db=db or Database(settings.database_url),
         settings=settings,
         validator=StructureValidator(),
+        definitions=registry,
+        terminology=TerminologyService(registry),
     )
 
 

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from ekd import FHIR_VERSION, __version__
+from ekd.cli.conformance import app as conformance_app
 from ekd.config import Settings
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema (migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(conformance_app, name="conformance")
 console = Console(stderr=True)
 
 DatabaseUrl = Annotated[

@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ekd.config import Settings
+from ekd.definitions.registry import Registry
 from ekd.errors import InvalidRequest, Issue, NotFound, ParseError
 from ekd.fhir.resource_types import is_resource_type, is_valid_id
 from ekd.search.index import token_rows
 from ekd.store.database import Database
 from ekd.store.resources import ResourceStore, Stored
+from ekd.terminology.service import TerminologyService
 from ekd.validation import Validator
 
 
@@ -21,6 +23,8 @@ class Services:
     db: Database
     settings: Settings
     validator: Validator
+    definitions: Registry
+    terminology: TerminologyService
 
     def store(self, conn) -> ResourceStore:
         return ResourceStore(conn, indexer=token_rows)
@@ -35,6 +39,8 @@ class FhirRequest:
     version: str | None = None
     #: "_history", "_search" or None
     path_op: str | None = None
+    #: An extended operation's name without the `$` (http://hl7.org/fhir/R4/operations.html).
+    operation: str | None = None
     params: list[tuple[str, str]] = field(default_factory=list)
     body: dict | None = None
     #: For PATCH: the JSON Patch document (a list of operations).

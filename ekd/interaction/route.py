@@ -32,8 +32,18 @@ def parse_path(
     """Split `[type]/[id]/_history/[vid]` and friends into a FhirRequest."""
     parts = [p for p in path.strip("/").split("/") if p]
     req = FhirRequest(method=method.upper(), base=base, params=params, **headers)  # type: ignore[arg-type]
+    if parts and parts[-1].startswith("$"):
+        # [base]/$op, [base]/[type]/$op, [base]/[type]/[id]/$op
+        req.operation = parts.pop()[1:]
+        if len(parts) > 2:
+            raise NotFound(f"Unknown path '{path}'")
+        if parts:
+            req.type = require_type(parts[0])
+        if len(parts) == 2:
+            req.id = parts[1]
+        return req
     if any(p.startswith("$") for p in parts):
-        raise NotFound(f"Unknown operation '{next(p for p in parts if p.startswith('$'))}'")
+        raise NotFound(f"Unknown path '{path}'")
     if not parts:
         return req
     if parts[0] in ("_history", "metadata"):
@@ -73,6 +83,10 @@ def parse_url(method: str, url: str, base: str, **headers: object) -> FhirReques
 
 
 def select(req: FhirRequest) -> Interaction:
+    if req.operation is not None:
+        from ekd.interaction.operation import find
+
+        return find(req).handler
     m, op = req.method, req.path_op
     if req.type is None:
         if op == "_history" and m == "GET":
@@ -112,6 +126,10 @@ SINGLE_STATEMENT: frozenset[Interaction] = frozenset({read, vread})
 
 
 def is_read_only(req: FhirRequest) -> bool:
+    if req.operation is not None:
+        from ekd.interaction.operation import find
+
+        return not find(req).affects_state
     return req.method in ("GET", "HEAD") or req.path_op == "_search"
 
 
@@ -122,7 +140,7 @@ def execute(services: Services, store: ResourceStore, req: FhirRequest) -> FhirR
 
 def handle(services: Services, req: FhirRequest) -> FhirResponse:
     """Run one request in its own transaction (Bundles manage their own)."""
-    if req.type is None and req.path_op is None:
+    if req.type is None and req.path_op is None and req.operation is None:
         if req.method == "POST":
             from ekd.interaction.transaction import process
 

@@ -1,0 +1,1 @@
+"""Conformance resources (StructureDefinition, ValueSet, CodeSystem, ...) known to the server."""

@@ -1,0 +1,1 @@
+"""Local terminology service over the CodeSystems and ValueSets the server holds."""
