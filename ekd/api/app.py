@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ekd import __version__
 from ekd.api import errors, fhir
 from ekd.config import Settings
 from ekd.definitions.registry import Registry
+from ekd.definitions.sync import load_stored, start_polling
 from ekd.interaction.base import Services
 from ekd.store.database import Database
 from ekd.terminology.service import TerminologyService
@@ -36,8 +38,10 @@ def build_registry(settings: Settings) -> Registry:
 
 def build_services(settings: Settings, db: Database | None = None) -> Services:
     registry = build_registry(settings)
+    db = db or Database(settings.database_url)
+    load_stored(db, registry)
     return Services(
-        db=db or Database(settings.database_url),
+        db=db,
         settings=settings,
         validator=StructureValidator(),
         definitions=registry,
@@ -82,4 +86,8 @@ def app_from_env() -> FastAPI:
     # Build the pydantic models of all resource types in the background (seconds of CPU), so
     # that the first request of each type does not pay for it.
     threading.Thread(target=model_resource_types, name="ekd-warm-up", daemon=True).start()
-    return create_app(Settings.from_env())
+    services = build_services(Settings.from_env())
+    if int(os.environ.get("EKD_WORKERS", "1")) > 1:
+        # Another worker may store a profile: pick it up from the database.
+        start_polling(services.db, services.definitions)
+    return create_app(services=services)

@@ -60,6 +60,7 @@ def serve(
     db.dispose()
     # Worker processes build their app from the environment (ekd.api.app:app_from_env).
     os.environ["EKD_DATABASE_URL"] = settings.database_url
+    os.environ["EKD_WORKERS"] = str(workers)
     base = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
     console.print(f"[bold]ekd {__version__}[/bold] FHIR R{FHIR_VERSION}")
     console.print(f"  FHIR base   {base}")

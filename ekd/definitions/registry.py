@@ -45,6 +45,10 @@ class Registry:
         self._by_url: dict[str, dict[str | None, dict]] = {}
         self._listeners: list[Listener] = []
         self._sources: list[str] = []
+        #: Resources that came from the server's own store, by (type, id): their url may change.
+        self._stored: dict[tuple[str, str], dict] = {}
+        #: The newest resource_version.seq applied from the database (ekd.definitions.sync).
+        self.synced_seq = 0
 
     # -- lookup --------------------------------------------------------------------------------
 
@@ -82,7 +86,8 @@ class Registry:
 
     @property
     def sources(self) -> list[str]:
-        return list(self._sources)
+        """Where the resources came from, with counts (for start-up output)."""
+        return self._sources
 
     def __len__(self) -> int:
         return sum(1 for _ in self.all())
@@ -117,6 +122,21 @@ class Registry:
             listeners = list(self._listeners)
         for listener in listeners:
             listener(resource)
+
+    def observe(self, stored: object) -> None:
+        """Follow a committed write of a stored resource (an `ekd.store.resources.Stored`)."""
+        rtype, rid = stored.type, stored.id  # type: ignore[attr-defined]
+        if rtype not in CANONICAL_TYPES:
+            return
+        with self._lock:
+            previous = self._stored.pop((rtype, rid), None)
+        if previous is not None:
+            self.remove(previous)
+        content = stored.content  # type: ignore[attr-defined]
+        if content is not None and not stored.deleted:  # type: ignore[attr-defined]
+            with self._lock:
+                self._stored[(rtype, rid)] = content
+            self.add(content)
 
     def subscribe(self, listener: Listener) -> None:
         with self._lock:

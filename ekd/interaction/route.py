@@ -150,12 +150,23 @@ def handle(services: Services, req: FhirRequest) -> FhirResponse:
     if interaction in SINGLE_STATEMENT:
         with services.db.autocommit() as conn:
             return interaction(services, services.store(conn), req)
-    read_only = is_read_only(req)
+    if is_read_only(req):
+        with services.db.read() as conn:
+            return interaction(services, services.store(conn), req)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            with services.db.read() if read_only else services.db.write() as conn:
-                return interaction(services, services.store(conn), req)
+            with services.db.write() as conn:
+                resp = interaction(services, services.store(conn), req)
+            committed(services, [resp])
+            return resp
         except VersionConflict:
             if attempt == MAX_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
+
+
+def committed(services: Services, responses: list[FhirResponse]) -> None:
+    """After a commit: conformance resources written take effect at once (no restart)."""
+    for resp in responses:
+        if resp.write and resp.stored is not None:
+            services.definitions.observe(resp.stored)

@@ -110,6 +110,7 @@ def process(services: Services, req: FhirRequest) -> FhirResponse:
         try:
             with services.db.write() as conn:
                 responses = _transaction(services, services.store(conn), items)
+            route.committed(services, list(responses.values()))
             break
         except VersionConflict:
             if attempt == route.MAX_ATTEMPTS:
