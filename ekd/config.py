@@ -6,8 +6,9 @@ differently-configured servers in one process.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 DEFAULT_DATABASE_URL = "sqlite:///./ekd.db"
 
@@ -20,6 +21,18 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise SystemExit(f"{name} must be a whole number, got {raw!r}") from exc
+
+
+def _env_profiles(name: str) -> dict[str, tuple[str, ...]]:
+    """`{"Patient": ["http://…/jgz-Patient"], …}` as JSON."""
+    raw = os.environ.get(name)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+        return {str(t): tuple(str(u) for u in urls) for t, urls in value.items()}
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise SystemExit(f'{name} must be JSON like {{"Patient": ["http://…"]}}') from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +49,8 @@ class Settings:
     max_page_size: int = 1_000
     #: FHIR packages (.tgz or folders) whose conformance resources are loaded at start.
     packages: tuple[str, ...] = ()
+    #: Resource type -> profile URLs every stored resource of that type must conform to.
+    required_profiles: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -50,6 +65,7 @@ class Settings:
             default_page_size=_env_int("EKD_DEFAULT_PAGE_SIZE", 50),
             max_page_size=_env_int("EKD_MAX_PAGE_SIZE", 1_000),
             packages=tuple(p for p in os.environ.get("EKD_PACKAGES", "").split(os.pathsep) if p),
+            required_profiles=_env_profiles("EKD_REQUIRED_PROFILES"),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **clean) if clean else settings

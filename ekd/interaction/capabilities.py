@@ -12,6 +12,7 @@ from functools import cache
 
 from ekd import FHIR_VERSION, __version__
 from ekd.fhir.resource_types import resource_types
+from ekd.interaction.operation import operations
 from ekd.search.params import TOKEN_PARAMS
 
 INSTANCE = ["read", "vread", "update", "patch", "delete", "history-instance"]
@@ -41,6 +42,9 @@ def capability_statement(base: str) -> dict:
             param = {"name": name, "type": kind}
             param["definition"] = definition or f"http://hl7.org/fhir/SearchParameter/{rtype}-identifier"
             params.append(param)
+        ops = [{"name": op.name, "definition": op.definition} for op in operations()
+               if op.definition and ("type" in op.levels or "instance" in op.levels)
+               and (op.types is None or rtype in op.types)]
         resources.append({
             "type": rtype,
             "interaction": [{"code": c} for c in INSTANCE + TYPE],
@@ -52,7 +56,10 @@ def capability_statement(base: str) -> dict:
             "conditionalUpdate": True,
             "conditionalDelete": "single",
             "searchParam": params,
+            **({"operation": ops} if ops else {}),
         })
+    system_ops = [{"name": op.name, "definition": op.definition} for op in operations()
+                  if op.definition and "system" in op.levels]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -69,6 +76,7 @@ def capability_statement(base: str) -> dict:
             "mode": "server",
             "resource": resources,
             "interaction": [{"code": c} for c in SYSTEM],
+            **({"operation": system_ops} if system_ops else {}),
         }],
     }
 

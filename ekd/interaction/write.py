@@ -9,9 +9,15 @@ from ekd.interaction.base import FhirRequest, Services, etag_version
 from ekd.store.resources import Stored, VersionConflict
 
 
+def profiles_for(services: Services, resource: dict) -> list[str]:
+    """Profiles a deployment requires for this resource on top of what it claims itself
+    (`EKD_REQUIRED_PROFILES`)."""
+    return list(services.settings.required_profiles.get(resource.get("resourceType", ""), ()))
+
+
 def validate(services: Services, resource: dict) -> list[Issue]:
     """Validate; raise on errors (nothing is stored), return warnings to report."""
-    issues = services.validator.validate(resource)
+    issues = services.validator.validate(resource, profiles_for(services, resource))
     errors = [i for i in issues if i.severity in ("error", "fatal")]
     if errors:
         raise ResourceInvalid(errors[0].diagnostics, issues=issues)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from ekd.interaction.operation import Operation
+from ekd.operation import validate
 
 #: Every operation the server supports. Add a module and one line here.
-OPERATIONS: list[Operation] = []
+OPERATIONS: list[Operation] = [
+    validate.OPERATION,
+]

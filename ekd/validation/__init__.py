@@ -6,12 +6,14 @@ profile validator (StructureDefinition-driven) plugs in behind the same protocol
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from ekd.errors import Issue
 
 
 class Validator(Protocol):
-    def validate(self, resource: dict) -> list[Issue]:
-        """Return every issue found; errors block the write, warnings are reported."""
+    def validate(self, resource: dict, profiles: Sequence[str] = ()) -> list[Issue]:
+        """Every issue found against the base definition, the resource's `meta.profile` and
+        `profiles`; errors block a write, warnings are reported."""
         ...

@@ -44,7 +44,8 @@ def _message(error: dict) -> str:
 class StructureValidator:
     """Validator for the base definitions; stateless and safe to share between threads."""
 
-    def validate(self, resource: dict) -> list[Issue]:
+    def validate(self, resource: dict, profiles: Sequence[str] = ()) -> list[Issue]:
+        """Base definitions only: `profiles` and `meta.profile` are not looked at."""
         rtype = resource.get("resourceType")
         if not isinstance(rtype, str):
             return [Issue("error", "structure", "Missing resourceType", ())]
