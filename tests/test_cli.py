@@ -66,3 +66,17 @@ def test_serve_starts_on_an_empty_database_and_says_where(tmp_path: Path, worker
         output = proc.communicate(timeout=10)[0]
     assert f"http://127.0.0.1:{port}/fhir" in output
     assert "serve.db" in output
+
+
+def test_validate_command_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text('{"resourceType": "Patient", "birthDate": "2022-03-04"}')
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<Patient xmlns="http://hl7.org/fhir"><birthDate value="2022-13-45"/>'
+                   "</Patient>")
+    ok = runner.invoke(app, ["validate", str(good)])
+    assert ok.exit_code == 0, ok.output
+    assert "1 valid, 0 invalid" in ok.output
+    result = runner.invoke(app, ["validate", str(good), str(bad)])
+    assert result.exit_code == 1
+    assert "Patient.birthDate" in result.output and "1 valid, 1 invalid" in result.output

@@ -18,6 +18,7 @@ from ekd.definitions.sync import load_stored, start_polling
 from ekd.interaction.base import Services
 from ekd.store.database import Database
 from ekd.terminology.service import TerminologyService
+from ekd.validation import Validator
 from ekd.validation.structure import StructureValidator
 
 #: The project's own conformance resources (a source checkout; packaged with issue #4).
@@ -36,16 +37,22 @@ def build_registry(settings: Settings) -> Registry:
     return registry
 
 
+def build_validator(registry: Registry, terminology: TerminologyService) -> Validator:
+    """The validator every write goes through."""
+    return StructureValidator()
+
+
 def build_services(settings: Settings, db: Database | None = None) -> Services:
     registry = build_registry(settings)
     db = db or Database(settings.database_url)
     load_stored(db, registry)
+    terminology = TerminologyService(registry)
     return Services(
         db=db,
         settings=settings,
-        validator=StructureValidator(),
+        validator=build_validator(registry, terminology),
         definitions=registry,
-        terminology=TerminologyService(registry),
+        terminology=terminology,
     )
 
 
