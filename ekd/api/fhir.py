@@ -196,34 +196,26 @@ def router(serve: Endpoint) -> APIRouter:
     async def version(request: Request, resource_type: str, id: str, vid: str) -> Response:
         return await serve(request)
 
-    tag = ["FHIR"]
-    api.add_api_route("/metadata", system, methods=["GET"], tags=tag,
-                      summary="capabilities: the CapabilityStatement")
-    api.add_api_route("", system, methods=["POST"], tags=tag,
-                      summary="batch / transaction Bundle")
-    api.add_api_route("/", system, methods=["POST"], include_in_schema=False)
-    api.add_api_route("/_history", system, methods=["GET"], tags=tag, summary="history-system")
-    api.add_api_route("/{resource_type}", type_level, methods=["GET"], tags=tag,
-                      summary="search-type")
-    api.add_api_route("/{resource_type}", type_level, methods=["POST"], tags=tag,
-                      summary="create (If-None-Exist: conditional create)")
-    for method, what in (("PUT", "update"), ("DELETE", "delete"), ("PATCH", "patch")):
-        api.add_api_route("/{resource_type}", type_level, methods=[method], tags=tag,
-                          summary=f"conditional {what}", operation_id=f"conditional_{what}")
-    api.add_api_route("/{resource_type}/_search", type_level, methods=["POST"], tags=tag,
-                      summary="search-type (form body)")
-    api.add_api_route("/{resource_type}/_history", type_level, methods=["GET"], tags=tag,
-                      summary="history-type")
-    api.add_api_route("/{resource_type}/{id}", instance, methods=["GET"], tags=tag,
-                      summary="read")
-    api.add_api_route("/{resource_type}/{id}", instance, methods=["PUT"], tags=tag,
-                      summary="update (update-as-create; If-Match)")
-    api.add_api_route("/{resource_type}/{id}", instance, methods=["PATCH"], tags=tag,
-                      summary="patch (JSON Patch)")
-    api.add_api_route("/{resource_type}/{id}", instance, methods=["DELETE"], tags=tag,
-                      summary="delete")
-    api.add_api_route("/{resource_type}/{id}/_history", instance, methods=["GET"], tags=tag,
-                      summary="history-instance")
-    api.add_api_route("/{resource_type}/{id}/_history/{vid}", version, methods=["GET"],
-                      tags=tag, summary="vread")
+    # (path, method, endpoint, summary): the FHIR RESTful API as http.html lists it.
+    routes = [
+        ("/metadata", "GET", system, "capabilities: the CapabilityStatement"),
+        ("", "POST", system, "batch / transaction Bundle"),
+        ("/_history", "GET", system, "history-system"),
+        ("/{resource_type}", "GET", type_level, "search-type"),
+        ("/{resource_type}", "POST", type_level, "create (If-None-Exist: conditional create)"),
+        ("/{resource_type}", "PUT", type_level, "conditional update"),
+        ("/{resource_type}", "DELETE", type_level, "conditional delete"),
+        ("/{resource_type}", "PATCH", type_level, "conditional patch"),
+        ("/{resource_type}/_search", "POST", type_level, "search-type (form body)"),
+        ("/{resource_type}/_history", "GET", type_level, "history-type"),
+        ("/{resource_type}/{id}", "GET", instance, "read"),
+        ("/{resource_type}/{id}", "PUT", instance, "update (update-as-create; If-Match)"),
+        ("/{resource_type}/{id}", "PATCH", instance, "patch (JSON Patch)"),
+        ("/{resource_type}/{id}", "DELETE", instance, "delete"),
+        ("/{resource_type}/{id}/_history", "GET", instance, "history-instance"),
+        ("/{resource_type}/{id}/_history/{vid}", "GET", version, "vread"),
+    ]
+    for path, method, func, summary in routes:
+        api.add_api_route(path, func, methods=[method], tags=["FHIR"], summary=summary,
+                          operation_id=f"{method.lower()}_{summary.split()[0]}_{len(path)}")
     return api

@@ -85,13 +85,14 @@ _CURRENT_SQL_PG = _CURRENT_SQL.format(type="%(type)s", id="%(id)s")
 _CURRENT_SQL_SQLITE = _CURRENT_SQL.format(type=":type", id=":id")
 
 _VERSION_COLUMNS = (
-    resource_version.c.resource_pk,
+    resource_version.c.resource_pk.label("pk"),
     resource_version.c.type,
     resource_version.c.id,
     resource_version.c.version,
     resource_version.c.last_updated,
-    resource_version.c.method,
+    (resource_version.c.method == "DELETE").label("deleted"),
     resource_version.c.content,
+    resource_version.c.method,
     resource_version.c.seq,
 )
 
@@ -104,20 +105,6 @@ def _row_to_stored(row) -> Stored:
         version=row.version,
         last_updated=as_utc(row.last_updated),
         deleted=bool(row.deleted),
-        content=row.content,
-        method=row.method,
-        seq=row.seq,
-    )
-
-
-def _version_to_stored(row) -> Stored:
-    return Stored(
-        pk=row.resource_pk,
-        type=row.type,
-        id=row.id,
-        version=row.version,
-        last_updated=as_utc(row.last_updated),
-        deleted=row.method == "DELETE",
         content=row.content,
         method=row.method,
         seq=row.seq,
@@ -189,7 +176,7 @@ class ResourceStore:
                 resource_version.c.version == version,
             )
         ).first()
-        return _version_to_stored(row) if row else None
+        return _row_to_stored(row) if row else None
 
     def history(
         self,
@@ -211,7 +198,7 @@ class ResourceStore:
         if at_or_before_seq is not None:
             q = q.where(resource_version.c.seq <= at_or_before_seq)
         q = q.order_by(resource_version.c.seq.desc()).limit(limit)
-        return [_version_to_stored(r) for r in self.conn.execute(q)]
+        return [_row_to_stored(r) for r in self.conn.execute(q)]
 
     def count_versions(self, rtype: str, rid: str, since: datetime | None) -> int:
         from sqlalchemy import func
