@@ -47,6 +47,8 @@ class Settings:
     max_bundle_entries: int = 10_000
     default_page_size: int = 50
     max_page_size: int = 1_000
+    #: Largest ValueSet expansion returned at once (bigger ones: 422 too-costly).
+    max_expansion: int = 10_000
     #: FHIR packages (.tgz or folders) whose conformance resources are loaded at start.
     packages: tuple[str, ...] = ()
     #: Resource type -> profile URLs every stored resource of that type must conform to.
@@ -64,6 +66,7 @@ class Settings:
             max_bundle_entries=_env_int("EKD_MAX_BUNDLE_ENTRIES", 10_000),
             default_page_size=_env_int("EKD_DEFAULT_PAGE_SIZE", 50),
             max_page_size=_env_int("EKD_MAX_PAGE_SIZE", 1_000),
+            max_expansion=_env_int("EKD_MAX_EXPANSION", 10_000),
             packages=tuple(p for p in os.environ.get("EKD_PACKAGES", "").split(os.pathsep) if p),
             required_profiles=_env_profiles("EKD_REQUIRED_PROFILES"),
         )

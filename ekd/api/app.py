@@ -46,7 +46,7 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     registry = build_registry(settings)
     db = db or Database(settings.database_url)
     load_stored(db, registry)
-    terminology = TerminologyService(registry)
+    terminology = TerminologyService(registry, max_expansion=settings.max_expansion)
     return Services(
         db=db,
         settings=settings,

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from ekd.interaction.operation import Operation
-from ekd.operation import validate
+from ekd.operation import (
+    codesystem_lookup,
+    validate,
+    valueset_expand,
+    valueset_validate_code,
+)
 
 #: Every operation the server supports. Add a module and one line here.
 OPERATIONS: list[Operation] = [
     validate.OPERATION,
+    valueset_expand.OPERATION,
+    valueset_validate_code.OPERATION,
+    codesystem_lookup.OPERATION,
 ]
