@@ -19,7 +19,7 @@ from ekd.interaction.base import Services
 from ekd.store.database import Database
 from ekd.terminology.service import TerminologyService
 from ekd.validation import Validator
-from ekd.validation.structure import StructureValidator
+from ekd.validation.validator import ProfileValidator
 
 #: The project's own conformance resources (a source checkout; packaged with issue #4).
 PROJECT_DEFINITIONS = [Path(__file__).resolve().parents[2] / d for d in ("profiles", "terminology")]
@@ -38,8 +38,13 @@ def build_registry(settings: Settings) -> Registry:
 
 
 def build_validator(registry: Registry, terminology: TerminologyService) -> Validator:
-    """The validator every write goes through."""
-    return StructureValidator()
+    """The validator every write goes through: base definitions, claimed and required profiles.
+
+    An extension whose definition the server does not hold is a warning, not a rejection: the
+    R4 core extensions are only known when a package with them is configured. Unknown
+    modifier extensions are always errors.
+    """
+    return ProfileValidator(registry, terminology, unknown_extensions="warning")
 
 
 def build_services(settings: Settings, db: Database | None = None) -> Services:

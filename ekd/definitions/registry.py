@@ -25,7 +25,7 @@ CANONICAL_TYPES = frozenset({
     "StructureDefinition", "ValueSet", "CodeSystem", "ConceptMap", "SearchParameter",
     "OperationDefinition", "NamingSystem", "CapabilityStatement", "CompartmentDefinition",
     "ImplementationGuide", "StructureMap", "GraphDefinition", "MessageDefinition",
-    "TerminologyCapabilities",
+    "TerminologyCapabilities", "Questionnaire",
 })
 
 Listener = Callable[[dict], None]

@@ -20,7 +20,9 @@ def validate(services: Services, resource: dict) -> list[Issue]:
     issues = services.validator.validate(resource, profiles_for(services, resource))
     errors = [i for i in issues if i.severity in ("error", "fatal")]
     if errors:
-        raise ResourceInvalid(errors[0].diagnostics, issues=issues)
+        # Errors first: they are why the write was refused.
+        others = [i for i in issues if i.severity not in ("error", "fatal")]
+        raise ResourceInvalid(errors[0].diagnostics, issues=errors + others)
     return issues
 
 
