@@ -11,7 +11,7 @@ import logging
 import threading
 from types import SimpleNamespace
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, inspect, select
 
 from ekd.definitions.registry import CANONICAL_TYPES, Registry
 from ekd.store.database import Database
@@ -22,6 +22,8 @@ log = logging.getLogger("ekd.definitions")
 
 def load_stored(db: Database, registry: Registry) -> None:
     """Add every current stored conformance resource; remember the newest version seen."""
+    if not inspect(db.engine).has_table("resource_version"):
+        return  # an empty database, not migrated yet: nothing stored
     q = (
         select(resource.c.type, resource.c.id, resource_version.c.content, resource.c.deleted)
         .join(resource_version, and_(resource_version.c.resource_pk == resource.c.pk,
