@@ -9,7 +9,7 @@ value set that draws on it (the service caches them until the registry changes).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 #: Concept property codes that mean "this concept sits under that one" (R4 concept-properties,
@@ -175,25 +175,18 @@ class CodeSystemIndex:
         return code if self.case_sensitive else code.casefold()
 
     def descendants(self, code: str) -> list[str]:
-        """Transitive children (not the code itself), cycle-safe because content is untrusted."""
-        seen: set[str] = {code}
-        out: list[str] = []
-        stack = list(reversed(self.concepts[code].children)) if code in self.concepts else []
-        while stack:
-            current = stack.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            out.append(current)
-            node = self.concepts.get(current)
-            if node is not None:
-                stack.extend(reversed(node.children))
-        return out
+        """Transitive children (not the code itself)."""
+        return self._closure(code, lambda concept: reversed(concept.children))
 
     def ancestors(self, code: str) -> list[str]:
+        return self._closure(code, lambda concept: concept.parents)
+
+    def _closure(self, code: str, edges: Callable[[Concept], Iterable[str]]) -> list[str]:
+        """Codes reachable from `code` along `edges`; cycle-safe because content is untrusted."""
         seen: set[str] = {code}
         out: list[str] = []
-        stack = list(self.concepts[code].parents) if code in self.concepts else []
+        start = self.concepts.get(code)
+        stack = list(edges(start)) if start is not None else []
         while stack:
             current = stack.pop()
             if current in seen:
@@ -202,7 +195,7 @@ class CodeSystemIndex:
             out.append(current)
             node = self.concepts.get(current)
             if node is not None:
-                stack.extend(node.parents)
+                stack.extend(edges(node))
         return out
 
     # -- filters -------------------------------------------------------------------------------
