@@ -45,8 +45,15 @@ class Database:
             # No pre-ping: it costs a round trip per request; stale connections are recycled.
             kwargs.update(pool_size=10, max_overflow=20, pool_recycle=1800)
         self.engine: Engine = create_engine(self.url, **kwargs)
+        #: Single-statement reads on PostgreSQL use connections that are in autocommit from the
+        #: start: switching a pooled connection per checkout costs ~60 us of a 0.4 ms read.
+        self._autocommit_engine: Engine | None = None
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
+        else:
+            self._autocommit_engine = create_engine(
+                self.url, isolation_level="AUTOCOMMIT", **kwargs
+            )
 
     @property
     def display_url(self) -> str:
@@ -70,12 +77,12 @@ class Database:
     def autocommit(self) -> Iterator[Connection]:
         """For a single read statement: no BEGIN/COMMIT round trips (PostgreSQL; SQLite runs
         in-process, where a transaction costs nothing worth saving)."""
-        if self.dialect == "sqlite":
+        if self._autocommit_engine is None:
             with self.read() as conn:
                 yield conn
             return
-        with self.engine.connect() as conn:
-            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+        with self._autocommit_engine.connect() as conn:
+            yield conn
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -100,6 +107,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._autocommit_engine is not None:
+            self._autocommit_engine.dispose()
 
 
 def _configure_sqlite(engine: Engine) -> None:
