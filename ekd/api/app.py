@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -21,8 +22,17 @@ from ekd.terminology.service import TerminologyService
 from ekd.validation import Validator
 from ekd.validation.validator import ProfileValidator
 
-#: The project's own conformance resources (a source checkout; packaged with issue #4).
-PROJECT_DEFINITIONS = [Path(__file__).resolve().parents[2] / d for d in ("profiles", "terminology")]
+
+def _project_definitions() -> list[Path]:
+    """The project's own profiles and terminology: beside the package in a source checkout
+    (editable install), else where a wheel install puts them (`<prefix>/share/ekd`)."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():
+        return [checkout / "profiles", checkout / "terminology"]
+    return [Path(sys.prefix) / "share/ekd/profiles", Path(sys.prefix) / "share/ekd/terminology"]
+
+
+PROJECT_DEFINITIONS = _project_definitions()
 
 
 def build_registry(settings: Settings) -> Registry:
