@@ -51,6 +51,8 @@ class Settings:
     max_expansion: int = 10_000
     #: FHIR packages (.tgz or folders) whose conformance resources are loaded at start.
     packages: tuple[str, ...] = ()
+    #: Every Patient, Encounter, Observation, … must meet the JGZ profile that fits it.
+    jgz_enforce: bool = True
     #: Resource type -> profile URLs every stored resource of that type must conform to.
     required_profiles: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -69,6 +71,8 @@ class Settings:
             max_expansion=_env_int("EKD_MAX_EXPANSION", 10_000),
             packages=tuple(p for p in os.environ.get("EKD_PACKAGES", "").split(os.pathsep) if p),
             required_profiles=_env_profiles("EKD_REQUIRED_PROFILES"),
+            jgz_enforce=os.environ.get("EKD_JGZ_ENFORCE", "true").lower()
+            not in ("0", "false", "no", "off"),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **clean) if clean else settings

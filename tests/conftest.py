@@ -104,7 +104,9 @@ def _empty(db: Database) -> None:
 
 @pytest.fixture
 def settings(database: Database) -> Settings:
-    return Settings(database_url=str(database.url), base_url="http://testserver/fhir")
+    """A generic FHIR server: the JGZ profile rules are off (tests of them switch them on)."""
+    return Settings(database_url=str(database.url), base_url="http://testserver/fhir",
+                    jgz_enforce=False)
 
 
 @pytest.fixture

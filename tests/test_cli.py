@@ -43,6 +43,7 @@ def _free_port() -> int:
 def test_serve_starts_on_an_empty_database_and_says_where(tmp_path: Path, workers: int) -> None:
     port = _free_port()
     env = {**os.environ, "EKD_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}"}
+    env["EKD_JGZ_ENFORCE"] = "false"  # a plain Patient below; the JGZ rules are tested elsewhere
     proc = subprocess.Popen(
         [sys.executable, "-m", "ekd", "serve", "--port", str(port), "--workers", str(workers)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

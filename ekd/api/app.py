@@ -17,6 +17,7 @@ from ekd.config import Settings
 from ekd.definitions.registry import Registry
 from ekd.definitions.sync import load_stored, start_polling
 from ekd.interaction.base import Services
+from ekd.jgz.enforcement import JgzProfiles
 from ekd.store.database import Database
 from ekd.terminology.service import TerminologyService
 from ekd.validation import Validator
@@ -62,12 +63,14 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     db = db or Database(settings.database_url)
     load_stored(db, registry)
     terminology = TerminologyService(registry, max_expansion=settings.max_expansion)
+    selector = JgzProfiles(registry, terminology).select if settings.jgz_enforce else None
     return Services(
         db=db,
         settings=settings,
         validator=build_validator(registry, terminology),
         definitions=registry,
         terminology=terminology,
+        profile_selector=selector,
     )
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from ekd import FHIR_VERSION, __version__
 from ekd.cli.bds import app as bds_app
 from ekd.cli.conformance import app as conformance_app
+from ekd.cli.demo import demo_data as demo_data_command
 from ekd.cli.validate import validate as validate_command
 from ekd.config import Settings
 
@@ -22,6 +23,7 @@ db_app = typer.Typer(help="Database schema (migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(conformance_app, name="conformance")
 app.add_typer(bds_app, name="bds")
+app.command("demo-data")(demo_data_command)
 app.command("validate")(validate_command)
 console = Console(stderr=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -25,6 +26,8 @@ class Services:
     validator: Validator
     definitions: Registry
     terminology: TerminologyService
+    #: Profiles a resource must meet because of what it is (the JGZ rules); None: no such rules.
+    profile_selector: Callable[[dict], list[str]] | None = None
 
     def store(self, conn) -> ResourceStore:
         return ResourceStore(conn, indexer=token_rows)

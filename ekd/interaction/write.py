@@ -10,9 +10,13 @@ from ekd.store.resources import Stored, VersionConflict
 
 
 def profiles_for(services: Services, resource: dict) -> list[str]:
-    """Profiles a deployment requires for this resource on top of what it claims itself
-    (`EKD_REQUIRED_PROFILES`)."""
-    return list(services.settings.required_profiles.get(resource.get("resourceType", ""), ()))
+    """Profiles a resource must meet on top of what it claims itself: the JGZ profile that fits
+    it (unless `EKD_JGZ_ENFORCE=false`) and any the deployment requires (`EKD_REQUIRED_PROFILES`).
+    """
+    wanted = list(services.settings.required_profiles.get(resource.get("resourceType", ""), ()))
+    if services.profile_selector is not None:
+        wanted += services.profile_selector(resource)
+    return list(dict.fromkeys(wanted))
 
 
 def validate(services: Services, resource: dict) -> list[Issue]:
