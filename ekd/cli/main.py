@@ -63,6 +63,7 @@ def serve(
     settings = _settings(database_url, host=host, port=port)
     db = Database(settings.database_url)
     _ensure_schema(db)
+    _seed_definitions(settings, db)
     db.dispose()
     # Worker processes build their app from the environment (ekd.api.app:app_from_env).
     os.environ["EKD_DATABASE_URL"] = settings.database_url
@@ -76,6 +77,18 @@ def serve(
         console.print(f"  workers     {workers}")
     uvicorn.run("ekd.api.app:app_from_env", factory=True, host=settings.host,
                 port=settings.port, workers=workers, log_level=log_level, access_log=False)
+
+
+def _seed_definitions(settings: Settings, db: object) -> None:
+    """Store the project's profiles and terminology, so clients can read them over FHIR."""
+    from ekd.api.app import PROJECT_DEFINITIONS, build_services
+    from ekd.definitions.seed import seed
+
+    report = seed(build_services(settings, db), PROJECT_DEFINITIONS)  # type: ignore[arg-type]
+    console.print(f"  definitions {report.created + report.existing} JGZ profiles and "
+                  f"terminology resources stored ({report.created} new)")
+    for failure in report.failed:
+        console.print(f"  [red]not stored[/red] {failure}")
 
 
 def _ensure_schema(db: object) -> None:
