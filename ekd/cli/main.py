@@ -62,6 +62,8 @@ def serve(
 
     settings = _settings(database_url, host=host, port=port)
     db = Database(settings.database_url)
+    console.print(f"[bold]ekd {__version__}[/bold] FHIR R{FHIR_VERSION}")
+    console.print(f"  database    {db.display_url}")
     _ensure_schema(db)
     _seed_definitions(settings, db)
     db.dispose()
@@ -69,10 +71,8 @@ def serve(
     os.environ["EKD_DATABASE_URL"] = settings.database_url
     os.environ["EKD_WORKERS"] = str(workers)
     base = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
-    console.print(f"[bold]ekd {__version__}[/bold] FHIR R{FHIR_VERSION}")
     console.print(f"  FHIR base   {base}")
     console.print(f"  OpenAPI     http://{settings.host}:{settings.port}/docs")
-    console.print(f"  database    {db.display_url}")
     if workers > 1:
         console.print(f"  workers     {workers}")
     uvicorn.run("ekd.api.app:app_from_env", factory=True, host=settings.host,
