@@ -53,6 +53,9 @@ class Settings:
     packages: tuple[str, ...] = ()
     #: Every Patient, Encounter, Observation, … must meet the JGZ profile that fits it.
     jgz_enforce: bool = True
+    #: Folder of Dutch growth reference tables: measurements beyond +-4 SDS for the child's age
+    #: get a warning. Not shipped with ekd (licence); empty: no such warnings.
+    growth_references: str = ""
     #: Resource type -> profile URLs every stored resource of that type must conform to.
     required_profiles: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -71,6 +74,7 @@ class Settings:
             max_expansion=_env_int("EKD_MAX_EXPANSION", 10_000),
             packages=tuple(p for p in os.environ.get("EKD_PACKAGES", "").split(os.pathsep) if p),
             required_profiles=_env_profiles("EKD_REQUIRED_PROFILES"),
+            growth_references=os.environ.get("EKD_GROWTH_REFERENCES", ""),
             jgz_enforce=os.environ.get("EKD_JGZ_ENFORCE", "true").lower()
             not in ("0", "false", "no", "off"),
         )

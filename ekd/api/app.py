@@ -18,6 +18,8 @@ from ekd.definitions.registry import Registry
 from ekd.definitions.sync import load_stored, start_polling
 from ekd.interaction.base import Services
 from ekd.jgz.enforcement import JgzProfiles
+from ekd.jgz.growth import GrowthReferences
+from ekd.jgz.plausibility import GrowthPlausibility
 from ekd.store.database import Database
 from ekd.terminology.service import TerminologyService
 from ekd.validation import Validator
@@ -64,6 +66,10 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     load_stored(db, registry)
     terminology = TerminologyService(registry, max_expansion=settings.max_expansion)
     selector = JgzProfiles(registry, terminology).select if settings.jgz_enforce else None
+    checks = ()
+    if settings.jgz_enforce and settings.growth_references:
+        references = GrowthReferences.load(Path(settings.growth_references))
+        checks = (GrowthPlausibility(references).check,)
     return Services(
         db=db,
         settings=settings,
@@ -71,6 +77,7 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
         definitions=registry,
         terminology=terminology,
         profile_selector=selector,
+        checks=checks,
     )
 
 

@@ -28,6 +28,8 @@ class Services:
     terminology: TerminologyService
     #: Profiles a resource must meet because of what it is (the JGZ rules); None: no such rules.
     profile_selector: Callable[[dict], list[str]] | None = None
+    #: Checks that need stored data (the child of a measurement); they only ever warn.
+    checks: tuple[Callable[[ResourceStore, dict], list[Issue]], ...] = ()
 
     def store(self, conn) -> ResourceStore:
         return ResourceStore(conn, indexer=token_rows)

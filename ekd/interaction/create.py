@@ -30,7 +30,7 @@ def create(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRe
         )
         if existing is not None:
             return FhirResponse(200, existing.content, existing, write=True)
-    warnings = validate(services, body)
+    warnings = validate(services, body, store)
     rid = req.assigned_id or str(uuid.uuid4())
     stored = store.create(rtype, rid, body, method="POST")
     return FhirResponse(

@@ -70,7 +70,7 @@ def _update(
     current: Stored | None,
 ) -> FhirResponse:
     check_if_match(req, current)
-    warnings = validate(services, body)
+    warnings = validate(services, body, store)
     if current is None:
         stored = store.create(rtype, rid, body, method="PUT")
         return FhirResponse(

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ekd.errors import Issue, PreconditionFailed, ResourceInvalid
 from ekd.interaction.base import FhirRequest, Services, etag_version
-from ekd.store.resources import Stored, VersionConflict
+from ekd.store.resources import ResourceStore, Stored, VersionConflict
 
 
 def profiles_for(services: Services, resource: dict) -> list[str]:
@@ -19,7 +19,7 @@ def profiles_for(services: Services, resource: dict) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-def validate(services: Services, resource: dict) -> list[Issue]:
+def validate(services: Services, resource: dict, store: ResourceStore) -> list[Issue]:
     """Validate; raise on errors (nothing is stored), return warnings to report."""
     issues = services.validator.validate(resource, profiles_for(services, resource))
     errors = [i for i in issues if i.severity in ("error", "fatal")]
@@ -27,6 +27,8 @@ def validate(services: Services, resource: dict) -> list[Issue]:
         # Errors first: they are why the write was refused.
         others = [i for i in issues if i.severity not in ("error", "fatal")]
         raise ResourceInvalid(errors[0].diagnostics, issues=errors + others)
+    for check in services.checks:
+        issues += check(store, resource)
     return issues
 
 
