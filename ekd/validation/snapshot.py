@@ -213,6 +213,7 @@ class SnapshotGenerator:
 
 
 def _all_nodes(node: Node) -> list[Node]:
+    """The node and everything below it, children before slices, in document order."""
     out = [node]
     for c in node.children:
         out.extend(_all_nodes(c))
@@ -230,7 +231,7 @@ class _Applier:
         self.sd = sd
         self.url = sd.get("url", "?")
         self.order: list[int] = []
-        self._index = {id(n): i for i, n in enumerate(_preorder(root))}
+        self._index = {id(n): i for i, n in enumerate(_all_nodes(root))}
 
     def apply(self, diff: list[dict]) -> None:
         if any(d.get("id") and d.get("path") and
@@ -450,17 +451,8 @@ def _type_suffix(t: dict) -> str:
     return code[0].upper() + code[1:] if code else ""
 
 
-def _preorder(node: Node) -> list[Node]:
-    out = [node]
-    for c in node.children:
-        out.extend(_preorder(c))
-    for s in node.slices:
-        out.extend(_preorder(s))
-    return out
-
-
 def _find(root: Node, element_id: str) -> Node | None:
-    for n in _preorder(root):
+    for n in _all_nodes(root):
         if n.element.get("id") == element_id:
             return n
     return None
