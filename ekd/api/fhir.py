@@ -19,7 +19,7 @@ from starlette.routing import Route
 from ekd.api.formats import MEDIA, parse_body, render, request_format, response_format
 from ekd.errors import InvalidRequest, PayloadTooLarge
 from ekd.interaction import route
-from ekd.interaction.base import FhirResponse, Services, versioned_url
+from ekd.interaction.base import FhirRequest, FhirResponse, Services, versioned_url
 from ekd.interaction.bundle import write_outcome
 from ekd.interaction.capabilities import capability_statement
 
@@ -63,27 +63,18 @@ def _http_date(value: str | None):
         raise InvalidRequest("If-Modified-Since is not an HTTP date") from None
 
 
-def _is_instance_read(path: str) -> bool:
-    """`/fhir/Type/id` or `/fhir/Type/id/_history/vid` (not search, history or metadata)."""
-    parts = path[len(PREFIX):].strip("/").split("/")
-    return (len(parts) == 2 and not parts[1].startswith("_") and not parts[1].startswith("$")) or (
-        len(parts) == 4 and parts[2] == "_history"
-    )
-
-
 def base_url(services: Services, request: Request) -> str:
     if services.settings.base_url:
         return services.settings.base_url
     return str(request.base_url).rstrip("/") + PREFIX
 
 
-def _run(services: Services, request: Request, body: bytes, params: list[tuple[str, str]],
-         headers: dict[str, str | None]) -> FhirResponse:
-    path = request.url.path[len(PREFIX):]
+def _fhir_request(services: Services, request: Request, params: list[tuple[str, str]],
+                  headers: dict[str, str | None]) -> FhirRequest:
     prefer_return, strict = _prefer(headers["prefer"])
-    req = route.parse_path(
+    return route.parse_path(
         request.method,
-        path,
+        request.url.path[len(PREFIX):],
         params,
         base_url(services, request),
         if_match=headers["if-match"],
@@ -93,11 +84,15 @@ def _run(services: Services, request: Request, body: bytes, params: list[tuple[s
         prefer_return=prefer_return,
         prefer_strict=strict,
     )
+
+
+def _run(services: Services, req: FhirRequest, body: bytes,
+         content_type: str | None) -> FhirResponse:
     if req.path_op == "metadata":
         return FhirResponse(200, capability_statement(req.base))
-    if request.method in BODY_METHODS and req.path_op != "_search":
-        kind = request_format(headers["content-type"], body, patch=request.method == "PATCH")
-        if request.method == "PATCH":
+    if req.method in BODY_METHODS and req.path_op != "_search":
+        kind = request_format(content_type, body, patch=req.method == "PATCH")
+        if req.method == "PATCH":
             if kind != "json-patch":
                 raise InvalidRequest("PATCH needs Content-Type application/json-patch+json")
             req.patch = parse_body("json", body, services.settings.max_json_depth)
@@ -156,14 +151,12 @@ def endpoint(services: Services) -> Endpoint:
         names = ("prefer", "if-match", "if-none-match", "if-none-exist", "if-modified-since",
                  "content-type")
         headers = {n: request.headers.get(n) for n in names}
-        if request.method == "GET" and _is_instance_read(request.url.path):
-            # read/vread: one indexed statement. A hop to the thread pool costs more than the
-            # read itself (~0.3 ms), so it runs on the event loop; everything else that touches
-            # the database (writes, search, history, Bundles) runs in the pool.
-            resp = _run(services, request, body, params, headers)
+        req = _fhir_request(services, request, params, headers)
+        if route.runs_inline(req):
+            resp = _run(services, req, body, headers["content-type"])
         else:
-            resp = await run_in_threadpool(_run, services, request, body, params, headers)
-        return _http_response(request, services, resp, _prefer(headers["prefer"])[0])
+            resp = await run_in_threadpool(_run, services, req, body, headers["content-type"])
+        return _http_response(request, services, resp, req.prefer_return)
 
     return serve
 

@@ -125,6 +125,14 @@ def select(req: FhirRequest) -> Interaction:
 SINGLE_STATEMENT: frozenset[Interaction] = frozenset({read, vread})
 
 
+def runs_inline(req: FhirRequest) -> bool:
+    """read/vread: one indexed statement. A hop to a worker thread costs more than the read
+    itself (~0.3 ms), so the HTTP layer runs these on the event loop; everything else that
+    touches the database (writes, search, history, Bundles, operations) goes to the pool."""
+    return (req.method == "GET" and req.operation is None and req.type is not None
+            and req.id is not None and select(req) in SINGLE_STATEMENT)
+
+
 def is_read_only(req: FhirRequest) -> bool:
     if req.operation is not None:
         from ekd.interaction.operation import find

@@ -87,10 +87,7 @@ class JgzProfiles:
         code = coding.get("code")
         if not isinstance(code, str):
             return False
-        try:
-            check = self.terminology.validate_code(rule.valueset, rule.system, code)
-        except NotImplementedError:
-            return True
+        check = self.terminology.validate_code(rule.valueset, rule.system, code)
         return check.valid is not False
 
     def _observation_rules(self) -> dict[str, list[CodeRule]]:
