@@ -128,3 +128,8 @@ def elements(resource: dict, names: list[str] | None) -> dict:
     wanted = {n.split(".", 1)[0] for n in wanted}
     flags = _resource_flags(rtype)
     return _tag(_keep(resource, wanted | (flags.mandatory if flags else frozenset())))
+
+
+def apply(resource: dict, summary_mode: str | None, names: list[str] | None) -> dict:
+    """`_summary` then `_elements`, as read and search both need them."""
+    return elements(summary(resource, summary_mode), names)

@@ -35,7 +35,7 @@ def _subset(req: FhirRequest, content: dict) -> dict:
         return content
     query = parse_params(content["resourceType"], [(k, v) for k, v in req.params if k in (
         "_summary", "_elements")])
-    return subset.elements(subset.summary(content, query.summary), query.elements)
+    return subset.apply(content, query.summary, query.elements)
 
 
 def read(services: Services, store: ResourceStore, req: FhirRequest) -> FhirResponse:

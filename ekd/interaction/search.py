@@ -29,8 +29,7 @@ def search(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRe
         has_next = len(pks) > count
         for stored in store.current_many(pks[:count]):
             assert stored.content is not None
-            resource = subset.elements(subset.summary(stored.content, query.summary),
-                                       query.elements)
+            resource = subset.apply(stored.content, query.summary, query.elements)
             entries.append({"fullUrl": full_url(req.base, stored), "resource": resource,
                             "search": {"mode": "match"}})
         if query.total != "none":
