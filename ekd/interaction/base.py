@@ -65,15 +65,6 @@ class FhirRequest:
                 return value
         return None
 
-    @property
-    def is_conditional(self) -> bool:
-        """PUT/DELETE/PATCH on the type with search parameters (no id)."""
-        return self.id is None and self.type is not None and self.method in {
-            "PUT",
-            "DELETE",
-            "PATCH",
-        }
-
 
 @dataclass
 class FhirResponse:

@@ -76,10 +76,3 @@ def parameters(req: FhirRequest) -> list[tuple[str, object]]:
         values = [v for k, v in param.items() if k.startswith("value")]
         out.append((param["name"], values[0] if values else param.get("part")))
     return out
-
-
-def parameter(req: FhirRequest, name: str) -> object | None:
-    for key, value in parameters(req):
-        if key == name:
-            return value
-    return None

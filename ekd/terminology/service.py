@@ -126,9 +126,6 @@ class TerminologyService:
 
     # -- value sets ----------------------------------------------------------------------------
 
-    def has_valueset(self, canonical: str) -> bool:
-        return self.resolve(canonical) is not None
-
     def compiled(self, valueset: str | dict) -> CompiledValueSet | None:
         """The membership table of a value set given by canonical or as a resource."""
         if isinstance(valueset, dict):

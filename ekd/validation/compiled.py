@@ -134,10 +134,6 @@ class Element:
             return self.types[0].code
         return self.path.replace("[x]", "")
 
-    @property
-    def type_codes(self) -> list[str]:
-        return [t.code for t in self.types]
-
     def structure_for(self, t: TypeRef, compiler: Compiler) -> Structure | None:
         """For a choice of several types whose snapshot spells out children: the type's own
         children, with the snapshot's constraints on those it has (`value[x].value`)."""

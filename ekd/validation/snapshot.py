@@ -186,11 +186,6 @@ class SnapshotGenerator:
             self._cache[key] = (sd, result)
             return result
 
-    def with_snapshot(self, sd: dict) -> dict:
-        if (sd.get("snapshot") or {}).get("element"):
-            return sd
-        return {**sd, "snapshot": {"element": self.elements(sd)}}
-
     # -- generation ----------------------------------------------------------------------------
 
     def _generate(self, sd: dict) -> list[dict]:
@@ -231,7 +226,6 @@ class _Applier:
         self.sd = sd
         self.url = sd.get("url", "?")
         self.order: list[int] = []
-        self._index = {id(n): i for i, n in enumerate(_all_nodes(root))}
 
     def apply(self, diff: list[dict]) -> None:
         if any(d.get("id") and d.get("path") and
