@@ -25,7 +25,8 @@ app.add_typer(conformance_app, name="conformance")
 app.add_typer(bds_app, name="bds")
 app.command("demo-data")(demo_data_command)
 app.command("validate")(validate_command)
-console = Console(stderr=True)
+# soft_wrap: a long database URL or path must stay on one line (copyable, greppable).
+console = Console(stderr=True, soft_wrap=True)
 
 DatabaseUrl = Annotated[
     str | None,
