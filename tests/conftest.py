@@ -22,6 +22,7 @@ from ekd.api.app import build_services, create_app
 from ekd.config import Settings
 from ekd.interaction.base import Services
 from ekd.store.database import Database
+from ekd.store.schema import INDEX_TABLES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 BACKENDS = ["sqlite", "postgresql"]
@@ -92,13 +93,12 @@ def database(request: pytest.FixtureRequest) -> Iterator[Database]:
 
 
 def _empty(db: Database) -> None:
+    tables = [*INDEX_TABLES, "reindex_job", "resource_version", "resource"]
     with db.engine.begin() as conn:
         if db.dialect == "postgresql":
-            conn.execute(text(
-                "TRUNCATE search_token, resource_version, resource RESTART IDENTITY CASCADE"
-            ))
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
         else:
-            for table in ("search_token", "resource_version", "resource"):
+            for table in tables:
                 conn.execute(text(f"DELETE FROM {table}"))
 
 

@@ -136,7 +136,13 @@ def test_capability_statement(client: TestClient) -> None:
     assert codes == {"read", "vread", "update", "patch", "delete", "history-instance",
                      "history-type", "create", "search-type"}
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
-    assert {p["name"] for p in patient_cap["searchParam"]} == {"_id", "identifier"}
+    names = {p["name"] for p in patient_cap["searchParam"]}
+    assert {"_id", "_lastUpdated", "identifier", "birthdate", "name", "general-practitioner",
+            "_tag", "_profile"} <= names
+    assert "near" not in names  # R4 'special' parameters are not offered
+    birthdate = next(p for p in patient_cap["searchParam"] if p["name"] == "birthdate")
+    assert birthdate["type"] == "date"
+    assert birthdate["definition"] == "http://hl7.org/fhir/SearchParameter/individual-birthdate"
     assert client.get("/fhir/metadata", headers={"Accept": XML}).status_code == 200
 
 

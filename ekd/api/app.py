@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -16,10 +17,13 @@ from ekd.api import errors, fhir
 from ekd.config import Settings
 from ekd.definitions.registry import Registry
 from ekd.definitions.sync import load_stored, start_polling
+from ekd.errors import FhirError
 from ekd.interaction.base import Services
 from ekd.jgz.enforcement import JgzProfiles
 from ekd.jgz.growth import GrowthReferences
 from ekd.jgz.plausibility import GrowthPlausibility
+from ekd.search.execute import SearchService
+from ekd.search.parameters import SearchParameters
 from ekd.store.database import Database
 from ekd.terminology.service import TerminologyService
 from ekd.validation import Validator
@@ -60,6 +64,36 @@ def build_validator(registry: Registry, terminology: TerminologyService) -> Vali
     return ProfileValidator(registry, terminology, unknown_extensions="warning")
 
 
+log = logging.getLogger("ekd")
+
+
+def build_search(registry: Registry, terminology: TerminologyService) -> SearchService:
+    """R4's search parameters plus every SearchParameter the registry holds or comes to hold
+    (the JGZ ones from profiles/, those stored through the API)."""
+    parameters = SearchParameters()
+    parameters.add_all(registry.all("SearchParameter"))
+
+    def follow(resource: dict) -> None:
+        if resource.get("resourceType") != "SearchParameter":
+            return
+        url = resource.get("url")
+        current = registry.get(url) if isinstance(url, str) else None
+        try:
+            if current is None or current.get("status") == "retired":
+                parameters.remove(str(url))
+            else:
+                parameters.add(current)
+        except FhirError as exc:  # checked on write; one loaded from a package may be broken
+            log.warning("SearchParameter %s not usable: %s", url, exc.diagnostics)
+
+    registry.subscribe(follow)
+
+    def expand(url: str) -> list[tuple[str | None, str]]:
+        return [(system, code) for system, _, code, _ in terminology.expand(url).contains]
+
+    return SearchService(parameters, expand)
+
+
 def build_services(settings: Settings, db: Database | None = None) -> Services:
     registry = build_registry(settings)
     db = db or Database(settings.database_url)
@@ -73,6 +107,7 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     return Services(
         db=db,
         settings=settings,
+        search=build_search(registry, terminology),
         validator=build_validator(registry, terminology),
         definitions=registry,
         terminology=terminology,

@@ -89,7 +89,7 @@ def _fhir_request(services: Services, request: Request, params: list[tuple[str, 
 def _run(services: Services, req: FhirRequest, body: bytes,
          content_type: str | None) -> FhirResponse:
     if req.path_op == "metadata":
-        return FhirResponse(200, capability_statement(req.base))
+        return FhirResponse(200, capability_statement(req.base, services.search.parameters))
     if req.method in BODY_METHODS and req.path_op != "_search":
         kind = request_format(content_type, body, patch=req.method == "PATCH")
         if req.method == "PATCH":

@@ -10,7 +10,9 @@ from ekd.config import Settings
 from ekd.definitions.registry import Registry
 from ekd.errors import InvalidRequest, Issue, NotFound, ParseError
 from ekd.fhir.resource_types import is_resource_type, is_valid_id
-from ekd.search.index import token_rows
+from ekd.search.execute import SearchService
+from ekd.search.index import Indexer
+from ekd.search.parameters import SearchParameters
 from ekd.store.database import Database
 from ekd.store.resources import ResourceStore, Stored
 from ekd.terminology.service import TerminologyService
@@ -30,9 +32,11 @@ class Services:
     profile_selector: Callable[[dict], list[str]] | None = None
     #: Checks that need stored data (the child of a measurement); they only ever warn.
     checks: tuple[Callable[[ResourceStore, dict], list[Issue]], ...] = ()
+    #: Search parameters in force and the queries over their index tables.
+    search: SearchService = field(default_factory=lambda: SearchService(SearchParameters()))
 
     def store(self, conn) -> ResourceStore:
-        return ResourceStore(conn, indexer=token_rows)
+        return ResourceStore(conn, indexer=Indexer(self.search.parameters))
 
 
 @dataclass

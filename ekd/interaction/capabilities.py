@@ -1,47 +1,49 @@
 """capabilities (http://hl7.org/fhir/R4/http.html#capabilities).
 
 Built from what the code supports: the resource types, the interactions `route.select`
-dispatches, the search parameters `ekd.search.params` understands and the formats the HTTP
-layer negotiates. Built once per process.
+dispatches, the search parameters in force (`ekd.search.parameters`) and the formats the HTTP
+layer negotiates. Built again only when the search parameters change.
 """
 
 from __future__ import annotations
 
 from datetime import date
-from functools import cache
 
 from ekd import FHIR_VERSION, __version__
 from ekd.fhir.resource_types import resource_types
 from ekd.interaction.operation import operations
-from ekd.search.params import TOKEN_PARAMS
+from ekd.search.parameters import SearchParameters
 
 INSTANCE = ["read", "vread", "update", "patch", "delete", "history-instance"]
 TYPE = ["history-type", "create", "search-type"]
 SYSTEM = ["transaction", "batch", "history-system"]
 FORMATS = ["application/fhir+json", "application/fhir+xml", "json", "xml"]
 
-_SEARCH_DOCS = {
-    "_id": ("token", "http://hl7.org/fhir/SearchParameter/Resource-id"),
-    "identifier": ("token", None),
-}
+_CACHE: dict[tuple[str, str], dict] = {}
 
 
 #: When this process started: the CapabilityStatement describes the running software.
 STARTED = date.today().isoformat()
 
 
-@cache
-def capability_statement(base: str) -> dict:
+def capability_statement(base: str, parameters: SearchParameters) -> dict:
+    key = (base, parameters.signature())
+    statement = _CACHE.get(key)
+    if statement is None:
+        statement = _CACHE[key] = _build(base, parameters)
+    return statement
+
+
+def _build(base: str, parameters: SearchParameters) -> dict:
     resources = []
     for rtype in sorted(resource_types()):
-        params = []
-        for name in sorted(TOKEN_PARAMS):
-            kind, definition = _SEARCH_DOCS[name]
-            if name == "identifier" and not _has_identifier(rtype):
-                continue
-            param = {"name": name, "type": kind}
-            param["definition"] = definition or f"http://hl7.org/fhir/SearchParameter/{rtype}-identifier"
-            params.append(param)
+        params = [
+            {"name": code, "definition": p.url, "type": p.type}
+            for code, p in sorted(parameters.for_type(rtype).items())
+            if p.type != "special" and (p.expression or code in ("_id", "_lastUpdated"))
+        ]
+        params.append({"name": "_list", "type": "token",
+                       "documentation": "Resources in the List with this id"})
         ops = [{"name": op.name, "definition": op.definition} for op in operations()
                if op.definition and ("type" in op.levels or "instance" in op.levels)
                and (op.types is None or rtype in op.types)]
@@ -55,6 +57,10 @@ def capability_statement(base: str) -> dict:
             "conditionalRead": "full-support",
             "conditionalUpdate": True,
             "conditionalDelete": "single",
+            "searchInclude": ["*", *sorted(
+                f"{rtype}:{code}" for code, p in parameters.for_type(rtype).items()
+                if p.type == "reference")],
+            "searchRevInclude": ["*"],
             "searchParam": params,
             **({"operation": ops} if ops else {}),
         })
@@ -79,9 +85,3 @@ def capability_statement(base: str) -> dict:
             **({"operation": system_ops} if system_ops else {}),
         }],
     }
-
-
-def _has_identifier(rtype: str) -> bool:
-    from fhir.resources.R4B import get_fhir_model_class
-
-    return "identifier" in get_fhir_model_class(rtype).model_fields

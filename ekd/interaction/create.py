@@ -26,7 +26,8 @@ def create(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRe
     body = require_body(req)
     if req.if_none_exist:
         existing = conditional.at_most_one(
-            conditional.find_query(store, rtype, req.if_none_exist), "If-None-Exist"
+            conditional.find_query(services.search, store, rtype, req.if_none_exist),
+            "If-None-Exist",
         )
         if existing is not None:
             return FhirResponse(200, existing.content, existing, write=True)

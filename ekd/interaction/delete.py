@@ -17,7 +17,7 @@ def delete(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRe
     rtype = require_type(req.type)
     if req.id is None:
         current = conditional.at_most_one(
-            conditional.find(store, rtype, req.params), "Conditional delete"
+            conditional.find(services.search, store, rtype, req.params), "Conditional delete"
         )
     else:
         current = store.current(rtype, req.id, lock=True)

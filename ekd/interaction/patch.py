@@ -22,7 +22,7 @@ def patch(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRes
     rtype = require_type(req.type)
     if req.id is None:
         current = conditional.at_most_one(
-            conditional.find(store, rtype, req.params), "Conditional patch"
+            conditional.find(services.search, store, rtype, req.params), "Conditional patch"
         )
         if current is None:
             raise NotFound("Conditional patch: no resource matches the criteria")

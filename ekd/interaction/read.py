@@ -16,8 +16,12 @@ from ekd.interaction.base import (
     parse_version,
     require_type,
 )
-from ekd.search.params import parse as parse_params
+from ekd.search.parameters import SearchParameters
+from ekd.search.params import Parser
 from ekd.store.resources import ResourceStore, Stored
+
+#: Reads take only result parameters, which need no search parameter definitions.
+_RESULT_PARAMS = Parser(SearchParameters(include_builtin=False))
 
 
 def _found(stored: Stored | None, what: str) -> Stored:
@@ -33,8 +37,8 @@ def _subset(req: FhirRequest, content: dict) -> dict:
     elements = req.param("_elements")
     if summary is None and elements is None:
         return content
-    query = parse_params(content["resourceType"], [(k, v) for k, v in req.params if k in (
-        "_summary", "_elements")])
+    query = _RESULT_PARAMS.parse(content["resourceType"], [
+        (k, v) for k, v in req.params if k in ("_summary", "_elements")])
     return subset.apply(content, query.summary, query.elements)
 
 

@@ -1,7 +1,8 @@
 """search-type (http://hl7.org/fhir/R4/http.html#search, http://hl7.org/fhir/R4/search.html).
 
-Returns a searchset Bundle with `search.mode` on every entry, self/next/previous links and
-ignored-parameter warnings as an OperationOutcome entry (mode `outcome`).
+Returns a searchset Bundle: matches with `search.mode` "match", `_include`/`_revinclude`
+results with "include", ignored-parameter warnings as an OperationOutcome entry ("outcome");
+`self`, `next` and `previous` links page by cursor (see `ekd.search.execute`).
 """
 
 from __future__ import annotations
@@ -9,41 +10,34 @@ from __future__ import annotations
 from ekd.fhir import subset
 from ekd.interaction.base import FhirRequest, FhirResponse, Services, full_url, require_type
 from ekd.interaction.bundle import bundle, page_url
-from ekd.search import execute
-from ekd.search.params import parse
-from ekd.store.resources import ResourceStore
+from ekd.search.params import SearchQuery
+from ekd.store.resources import ResourceStore, Stored
 
 
 def search(services: Services, store: ResourceStore, req: FhirRequest) -> FhirResponse:
     rtype = require_type(req.type)
     settings = services.settings
-    query = parse(rtype, req.params, strict=req.prefer_strict, max_count=settings.max_page_size)
+    query = services.search.parse(rtype, req.params, strict=req.prefer_strict,
+                                  max_count=settings.max_page_size)
     count = settings.default_page_size if query.count is None else query.count
     entries: list[dict] = []
     links: list[tuple[str, str]] = []
     total: int | None = None
-    if query.summary == "count":
-        total = execute.count(store.conn, query)
-    else:
-        pks = execute.matching_pks(store.conn, query, limit=count + 1, offset=query.offset)
-        has_next = len(pks) > count
-        for stored in store.current_many(pks[:count]):
-            assert stored.content is not None
-            resource = subset.apply(stored.content, query.summary, query.elements)
-            entries.append({"fullUrl": full_url(req.base, stored), "resource": resource,
-                            "search": {"mode": "match"}})
+    if query.summary == "count" or count == 0:
         if query.total != "none":
-            if query.offset == 0 and not has_next:
-                total = len(entries)
-            else:
-                total = execute.count(store.conn, query)
-        links.append(("self", page_url(req.base, rtype, _page(query.used, query.offset))))
-        if has_next:
-            links.append(("next", page_url(req.base, rtype, _page(query.used,
-                                                                  query.offset + count))))
-        if query.offset > 0:
-            links.append(("previous", page_url(req.base, rtype, _page(
-                query.used, max(0, query.offset - count)))))
+            total = (services.search.estimate if query.total == "estimate"
+                     else services.search.count)(store.conn, query, req.base)
+        links.append(("self", page_url(req.base, rtype, query.used)))
+    else:
+        page = services.search.page(store, query, count, req.base)
+        total = page.total
+        entries = [_entry(req.base, s, query, "match") for s in page.matches]
+        entries += [_entry(req.base, s, query, "include") for s in page.included]
+        links.append(("self", page_url(req.base, rtype, _with(query, query.cursor))))
+        if page.next:
+            links.append(("next", page_url(req.base, rtype, _with(query, page.next))))
+        if page.previous:
+            links.append(("previous", page_url(req.base, rtype, _with(query, page.previous))))
     if query.warnings:
         entries.append({
             "resource": {"resourceType": "OperationOutcome",
@@ -53,5 +47,17 @@ def search(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRe
     return FhirResponse(200, bundle("searchset", entries, total=total, links=links))
 
 
-def _page(used: list[tuple[str, str]], offset: int) -> list[tuple[str, str]]:
-    return [*used, ("_offset", str(offset))] if offset else list(used)
+def _entry(base: str, stored: Stored, query: SearchQuery, mode: str) -> dict:
+    assert stored.content is not None
+    return {"fullUrl": full_url(base, stored),
+            "resource": subset.apply(stored.content, query.summary, query.elements),
+            "search": {"mode": mode}}
+
+
+def _with(query: SearchQuery, cursor: str | None) -> list[tuple[str, str]]:
+    params = list(query.used)
+    if cursor:
+        params.append(("_cursor", cursor))
+    elif query.offset:
+        params.append(("_offset", str(query.offset)))
+    return params

@@ -140,14 +140,14 @@ def _transaction(
     mapping: dict[str, str] = {}
     for index, entry, req in items:
         try:
-            _assign_identity(store, entry, req, mapping)
+            _assign_identity(services, store, entry, req, mapping)
         except FhirError as exc:
             raise at_entry(exc, index) from None
     targets: dict[str, int] = {}
     for index, _entry, req in items:
         try:
             if req.body is not None:
-                _rewrite(req.body, mapping, store)
+                _rewrite(req.body, mapping, services, store)
             if req.method != "GET" and (ident := _identity(req)) is not None:
                 if ident in targets:
                     raise InvalidRequest(
@@ -176,13 +176,15 @@ def _identity(req: FhirRequest) -> str | None:
 
 
 def _assign_identity(
-    store: ResourceStore, entry: dict, req: FhirRequest, mapping: dict[str, str]
+    services: Services, store: ResourceStore, entry: dict, req: FhirRequest,
+    mapping: dict[str, str],
 ) -> None:
     full_url = entry.get("fullUrl")
     if req.method == "POST" and req.type is not None and req.path_op is None:
         if req.if_none_exist:
             match = conditional.at_most_one(
-                conditional.find_query(store, req.type, req.if_none_exist), "ifNoneExist"
+                conditional.find_query(services.search, store, req.type, req.if_none_exist),
+                "ifNoneExist",
             )
             if match is not None:
                 if full_url:
@@ -194,7 +196,8 @@ def _assign_identity(
     elif req.method == "PUT" and req.type is not None:
         if req.id is None:
             match = conditional.at_most_one(
-                conditional.find(store, req.type, req.params), "Conditional update"
+                conditional.find(services.search, store, req.type, req.params),
+                "Conditional update",
             )
             body_id = req.body.get("id") if req.body else None
             req.assigned_id = match.id if match else (body_id or str(uuid.uuid4()))
@@ -202,7 +205,8 @@ def _assign_identity(
             mapping[full_url] = f"{req.type}/{req.id or req.assigned_id}"
 
 
-def _rewrite(node: object, mapping: dict[str, str], store: ResourceStore) -> None:
+def _rewrite(node: object, mapping: dict[str, str], services: Services, store: ResourceStore
+             ) -> None:
     """Point references at server ids: fullUrl matches and conditional references."""
     stack = [node]
     while stack:
@@ -213,7 +217,7 @@ def _rewrite(node: object, mapping: dict[str, str], store: ResourceStore) -> Non
                     if value in mapping:
                         current[key] = mapping[value]
                     elif key == "reference" and "?" in value and not value.startswith("#"):
-                        current[key] = _resolve_conditional(value, store)
+                        current[key] = _resolve_conditional(value, services, store)
                     elif key == "div" and "urn:uuid:" in value:
                         for old, new in mapping.items():
                             value = value.replace(old, new)
@@ -228,12 +232,12 @@ def _rewrite(node: object, mapping: dict[str, str], store: ResourceStore) -> Non
                     stack.append(value)
 
 
-def _resolve_conditional(reference: str, store: ResourceStore) -> str:
+def _resolve_conditional(reference: str, services: Services, store: ResourceStore) -> str:
     rtype, _, query = reference.partition("?")
     from ekd.interaction.base import require_type
 
     rtype = require_type(rtype)
-    matches = conditional.find_query(store, rtype, query)
+    matches = conditional.find_query(services.search, store, rtype, query)
     if len(matches) != 1:
         found = "no resource" if not matches else "more than one resource"
         raise PreconditionFailed(

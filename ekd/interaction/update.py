@@ -90,7 +90,7 @@ def _conditional_update(
     services: Services, store: ResourceStore, req: FhirRequest, rtype: str, body: dict
 ) -> FhirResponse:
     match = conditional.at_most_one(
-        conditional.find(store, rtype, req.params), "Conditional update"
+        conditional.find(services.search, store, rtype, req.params), "Conditional update"
     )
     if match is not None:
         if "id" in body and body["id"] != match.id:

@@ -8,7 +8,7 @@ version, exactly one succeeds; the other sees zero rows updated and gets `Versio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,10 +16,10 @@ import orjson
 from sqlalchemy import Connection, and_, select, text
 
 from ekd.errors import Conflict
-from ekd.store.schema import resource, resource_version
+from ekd.store.schema import INDEX_TABLES, resource, resource_version
 
-#: (param, system, code) rows for one resource; supplied by ekd.search.index.
-TokenIndexer = Callable[[dict], Iterable[tuple[str, str | None, str | None]]]
+#: Index rows of one resource by index table (ekd.search.index.Indexer).
+Indexer = Callable[[dict], dict[str, list[dict]]]
 
 
 class VersionConflict(Conflict):
@@ -127,7 +127,7 @@ class ResourceStore:
     """Resource reads and writes on one connection (and so within its transaction)."""
 
     def __init__(
-        self, conn: Connection, *, indexer: TokenIndexer | None = None, org: str | None = None
+        self, conn: Connection, *, indexer: Indexer | None = None, org: str | None = None
     ) -> None:
         self.conn = conn
         self.indexer = indexer
@@ -219,13 +219,13 @@ class ResourceStore:
     def create(self, rtype: str, rid: str, content: dict, *, method: str = "POST") -> Stored:
         when = now()
         stamped = _stamp(content, rtype, rid, 1, when)
-        tokens = self._tokens(stamped)
+        rows = self._index_rows(stamped)
         if self._sqlite:
-            pk, seq = self._create_sqlite(rtype, rid, when, method, stamped, tokens)
+            pk, seq = self._create_sqlite(rtype, rid, when, method, stamped, rows)
         else:
             row = self.conn.execute(_PG_CREATE, {
                 "type": rtype, "id": rid, "ts": when, "org": self.org, "method": method,
-                "content": _json(stamped), "tokens": _json(tokens),
+                "content": _json(stamped), **_pg_index_params(rows),
             }).first()
             pk, seq = (row.pk, row.seq) if row else (None, 0)
         if pk is None:
@@ -245,24 +245,34 @@ class ResourceStore:
         seq = self._next_version(prev, version, when, "DELETE", None)
         return Stored(prev.pk, prev.type, prev.id, version, when, True, None, "DELETE", seq)
 
-    def _tokens(self, content: dict | None) -> list[dict]:
+    def _index_rows(self, content: dict | None) -> dict[str, list[dict]]:
         if content is None or self.indexer is None:
-            return []
-        return [{"param": p, "system": s, "code": c} for p, s, c in self.indexer(content)]
+            return {}
+        return self.indexer(content)
+
+    def reindex(self, stored: Stored) -> None:
+        """Rewrite the index rows of a current version (after the parameters changed)."""
+        rows = self._index_rows(None if stored.deleted else stored.content)
+        if self._sqlite:
+            self._unindex_sqlite(stored.pk)
+            self._insert_index_sqlite(stored.pk, stored.type, rows)
+        else:
+            self.conn.execute(_PG_REINDEX, {"pk": stored.pk, "type": stored.type,
+                                            "org": self.org, **_pg_index_params(rows)})
 
     def _next_version(
         self, prev: Stored, version: int, when: datetime, method: str, content: dict | None
     ) -> int:
         """Compare-and-set the resource row to `version`, append the version, reindex."""
-        tokens = self._tokens(content)
+        rows = self._index_rows(content)
         if self._sqlite:
-            seq = self._next_version_sqlite(prev, version, when, method, content, tokens)
+            seq = self._next_version_sqlite(prev, version, when, method, content, rows)
         else:
             seq = self.conn.execute(_PG_NEXT_VERSION, {
                 "pk": prev.pk, "prev": prev.version, "version": version, "ts": when,
                 "deleted": content is None, "type": prev.type, "id": prev.id,
                 "method": method, "content": None if content is None else _json(content),
-                "org": self.org, "tokens": _json(tokens),
+                "org": self.org, **_pg_index_params(rows),
             }).scalar_one_or_none()
         if seq is None:
             raise VersionConflict(
@@ -280,7 +290,7 @@ class ResourceStore:
 
     def _create_sqlite(
         self, rtype: str, rid: str, when: datetime, method: str, content: dict,
-        tokens: list[dict],
+        rows: dict[str, list[dict]],
     ) -> tuple[int | None, int]:
         # ON CONFLICT DO NOTHING rather than catching IntegrityError, so that a lost race
         # leaves the surrounding transaction (a transaction Bundle) usable.
@@ -291,12 +301,12 @@ class ResourceStore:
         if pk is None:
             return None, 0
         seq = self._append_sqlite(pk, rtype, rid, 1, ts, method, content)
-        self._insert_tokens_sqlite(pk, rtype, tokens)
+        self._insert_index_sqlite(pk, rtype, rows)
         return pk, seq
 
     def _next_version_sqlite(
         self, prev: Stored, version: int, when: datetime, method: str, content: dict | None,
-        tokens: list[dict],
+        rows: dict[str, list[dict]],
     ) -> int | None:
         ts = self._sqlite_time(when)
         result = self.conn.exec_driver_sql(_SQLITE_ADVANCE, {
@@ -306,8 +316,8 @@ class ResourceStore:
         if result.rowcount != 1:
             return None
         seq = self._append_sqlite(prev.pk, prev.type, prev.id, version, ts, method, content)
-        self.conn.exec_driver_sql(_SQLITE_UNINDEX, {"pk": prev.pk})
-        self._insert_tokens_sqlite(prev.pk, prev.type, tokens)
+        self._unindex_sqlite(prev.pk)
+        self._insert_index_sqlite(prev.pk, prev.type, rows)
         return seq
 
     def _append_sqlite(
@@ -319,22 +329,61 @@ class ResourceStore:
             "content": None if content is None else _json(content), "org": self.org,
         }).scalar_one()
 
-    def _insert_tokens_sqlite(self, pk: int, rtype: str, tokens: list[dict]) -> None:
-        if tokens:
-            self.conn.exec_driver_sql(_SQLITE_INDEX, [
-                {"pk": pk, "type": rtype, "org": self.org, **t} for t in tokens
-            ])
+    def _unindex_sqlite(self, pk: int) -> None:
+        for sql in _SQLITE_UNINDEX:
+            self.conn.exec_driver_sql(sql, {"pk": pk})
+
+    def _insert_index_sqlite(self, pk: int, rtype: str, rows: dict[str, list[dict]]) -> None:
+        for table, table_rows in rows.items():
+            if table_rows:
+                self.conn.exec_driver_sql(_SQLITE_INDEX[table], [
+                    {"pk": pk, "type": rtype, "org": self.org,
+                     **{k: self._sqlite_time(v) if isinstance(v, datetime) else v
+                        for k, v in r.items()}}
+                    for r in table_rows
+                ])
 
 
 def _json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-_PG_TOKENS = """
-  INSERT INTO search_token (resource_pk, type, param, system, code, org)
-  SELECT {src}.pk, :type, x.param, x.system, x.code, :org
-  FROM {src}, jsonb_to_recordset(CAST(:tokens AS jsonb)) AS x(param text, system text, code text)
-"""
+def _index_columns(table: str) -> list[tuple[str, str]]:
+    """(column, PostgreSQL type) of an index table's value columns, `param` first."""
+    pg_types = {"FLOAT": "float8", "DATETIME": "timestamptz"}
+    return [
+        (c.name, pg_types.get(str(c.type).split("(")[0], "text"))
+        for c in INDEX_TABLES[table].columns
+        if c.name not in ("resource_pk", "type", "org")
+    ]
+
+
+def _pg_index_params(rows: dict[str, list[dict]]) -> dict[str, str]:
+    return {table: _json(rows.get(table, ())) for table in INDEX_TABLES}
+
+
+def _pg_index_ctes(src: str) -> str:
+    """One INSERT per index table, fed by a JSON array parameter named after the table."""
+    parts = []
+    for table in INDEX_TABLES:
+        columns = _index_columns(table)
+        names = ", ".join(c for c, _ in columns)
+        record = ", ".join(f"{c} {t}" for c, t in columns)
+        picked = ", ".join(f"x.{c}" for c, _ in columns)
+        parts.append(
+            f"i_{table} AS (INSERT INTO {table} (resource_pk, type, {names}, org) "
+            f"SELECT {src}.pk, :type, {picked}, :org FROM {src}, "
+            f"jsonb_to_recordset(CAST(:{table} AS jsonb)) AS x({record}))"
+        )
+    return ",\n".join(parts)
+
+
+def _pg_unindex_ctes(src: str) -> str:
+    return ",\n".join(
+        f"d_{table} AS (DELETE FROM {table} WHERE resource_pk IN (SELECT pk FROM {src}))"
+        for table in INDEX_TABLES
+    )
+
 
 _PG_CREATE = text(f"""
 WITH r AS (
@@ -346,23 +395,29 @@ WITH r AS (
   INSERT INTO resource_version (resource_pk, type, id, version, last_updated, method, content, org)
   SELECT pk, :type, :id, 1, :ts, :method, CAST(:content AS jsonb), :org FROM r
   RETURNING seq
-), t AS ({_PG_TOKENS.format(src="r")})
+), {_pg_index_ctes("r")}
 SELECT r.pk, v.seq FROM r, v
 """)
 
+# Deleting and inserting index rows of the same resource in one statement is safe: all
+# sub-statements see the snapshot from before the statement, so the DELETEs remove only the
+# old rows, never the new ones.
 _PG_NEXT_VERSION = text(f"""
 WITH u AS (
   UPDATE resource SET version = :version, last_updated = :ts, deleted = :deleted
   WHERE pk = :pk AND version = :prev
   RETURNING pk
-), d AS (
-  DELETE FROM search_token WHERE resource_pk IN (SELECT pk FROM u)
-), v AS (
+), {_pg_unindex_ctes("u")}, v AS (
   INSERT INTO resource_version (resource_pk, type, id, version, last_updated, method, content, org)
   SELECT pk, :type, :id, :version, :ts, :method, CAST(:content AS jsonb), :org FROM u
   RETURNING seq
-), t AS ({_PG_TOKENS.format(src="u")})
+), {_pg_index_ctes("u")}
 SELECT v.seq FROM v
+""")
+
+_PG_REINDEX = text(f"""
+WITH u AS (SELECT CAST(:pk AS bigint) AS pk), {_pg_unindex_ctes("u")}, {_pg_index_ctes("u")}
+SELECT 1
 """)
 
 _SQLITE_CREATE = (
@@ -378,8 +433,11 @@ _SQLITE_APPEND = (
     "(resource_pk, type, id, version, last_updated, method, content, org) "
     "VALUES (:pk, :type, :id, :version, :ts, :method, :content, :org) RETURNING seq"
 )
-_SQLITE_UNINDEX = "DELETE FROM search_token WHERE resource_pk = :pk"
-_SQLITE_INDEX = (
-    "INSERT INTO search_token (resource_pk, type, param, system, code, org) "
-    "VALUES (:pk, :type, :param, :system, :code, :org)"
-)
+_SQLITE_UNINDEX = tuple(f"DELETE FROM {t} WHERE resource_pk = :pk" for t in INDEX_TABLES)
+_SQLITE_INDEX = {
+    table: (
+        f"INSERT INTO {table} (resource_pk, type, {', '.join(c for c, _ in _index_columns(table))}"
+        f", org) VALUES (:pk, :type, {', '.join(':' + c for c, _ in _index_columns(table))}, :org)"
+    )
+    for table in INDEX_TABLES
+}

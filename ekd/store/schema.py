@@ -5,9 +5,10 @@
 - `resource_version`: every version ever written, content included (JSONB on PostgreSQL, JSON
   text on SQLite). `seq` orders all writes globally, which gives system-level history and
   stable history paging without relying on clock resolution.
-- `search_token`: token index rows (system, code) per current resource and search parameter.
-  Other index tables (string, date, quantity, reference, ...) follow the same shape: they hang
-  off `resource.pk` and are rewritten in the same transaction as the resource.
+- `search_*`: one index table per search parameter type (token, string, date, number,
+  quantity, reference, uri, composite). Rows hang off `resource.pk`, describe the current
+  version only and are rewritten in the same transaction as the resource, so deleted and
+  superseded versions never match.
 
 `org` on `resource` and on index rows is the organisation that holds the dossier (NULL until
 organisation scoping is switched on), so scoped reads and searches need no join.
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -73,15 +75,108 @@ resource_version = Table(
     Index("ix_resource_version_last_updated", "last_updated"),
 )
 
-search_token = Table(
+#: Text compared by prefix (`norm >= 'abc' AND norm < 'abc\uffff'`) or as uri prefixes: binary
+#: collation on PostgreSQL ("C"), so that ranges follow code points as SQLite's do.
+ORDERED_TEXT = String(255).with_variant(String(255, collation="C"), "postgresql")
+TIME = DateTime(timezone=True)
+
+
+def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
+    """An index table: rows hang off `resource.pk`, one per (parameter, indexed value)."""
+    return Table(
+        name,
+        metadata,
+        Column("resource_pk", PK, ForeignKey("resource.pk"), nullable=False),
+        Column("type", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *columns,
+        Column("org", String(64), nullable=True),
+        Index(f"ix_{name}_resource", "resource_pk"),
+        *(Index(f"ix_{name}_{'_'.join(cols)}", *cols) for cols in indexes),
+    )
+
+
+#: token: Coding, CodeableConcept, Identifier, ContactPoint, code, boolean, id, string-as-code.
+#: `text` is the normalised display/text, for `:text`.
+search_token = _index_table(
     "search_token",
-    metadata,
-    Column("resource_pk", PK, ForeignKey("resource.pk"), nullable=False),
-    Column("type", String(64), nullable=False),
-    Column("param", String(64), nullable=False),
     Column("system", String(255), nullable=True),
     Column("code", String(255), nullable=True),
-    Column("org", String(64), nullable=True),
-    Index("ix_search_token_lookup", "type", "param", "code", "system"),
-    Index("ix_search_token_resource", "resource_pk"),
+    Column("text", ORDERED_TEXT, nullable=True),
+    indexes=(("type", "param", "code", "system"),),
+)
+#: string: `norm` is lower-cased with accents removed (prefix and :contains); `exact` as written.
+search_string = _index_table(
+    "search_string",
+    Column("norm", ORDERED_TEXT, nullable=False),
+    Column("exact", String(255), nullable=False),
+    indexes=(("type", "param", "norm"),),
+)
+#: date: every value is the half-open range [low, high) it stands for (a date is a whole day).
+search_date = _index_table(
+    "search_date",
+    Column("low", TIME, nullable=False),
+    Column("high", TIME, nullable=False),
+    indexes=(("type", "param", "low"), ("type", "param", "high")),
+)
+search_number = _index_table(
+    "search_number",
+    Column("value", Float, nullable=False),
+    indexes=(("type", "param", "value"),),
+)
+#: quantity: `canon_*` is the value in the unit ekd compares in (m, g, s, ...), when known.
+search_quantity = _index_table(
+    "search_quantity",
+    Column("system", String(255), nullable=True),
+    Column("code", String(64), nullable=True),
+    Column("value", Float, nullable=False),
+    Column("canon_code", String(64), nullable=True),
+    Column("canon_value", Float, nullable=True),
+    indexes=(("type", "param", "canon_code", "canon_value"), ("type", "param", "value")),
+)
+#: reference: `target_type`/`target_id` for relative (and parseable absolute) references,
+#: `url` for absolute and canonical ones.
+search_reference = _index_table(
+    "search_reference",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("url", String(255), nullable=True),
+    indexes=(("target_id", "target_type", "type", "param"), ("type", "param", "url")),
+)
+search_uri = _index_table(
+    "search_uri",
+    Column("uri", ORDERED_TEXT, nullable=False),
+    indexes=(("type", "param", "uri"),),
+)
+#: composite: a token first component paired with a second component from the same element.
+search_composite = _index_table(
+    "search_composite",
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+    Column("c2_system", String(255), nullable=True),
+    Column("c2_code", String(255), nullable=True),
+    Column("c2_value", Float, nullable=True),
+    Column("c2_low", TIME, nullable=True),
+    Column("c2_high", TIME, nullable=True),
+    Column("c2_text", ORDERED_TEXT, nullable=True),
+    indexes=(("type", "param", "code"),),
+)
+
+#: table name -> table, for code that writes or deletes all index rows of a resource.
+INDEX_TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (search_token, search_string, search_date, search_number, search_quantity,
+              search_reference, search_uri, search_composite)
+}
+
+#: Progress of `ekd reindex` runs, so an interrupted run resumes where it stopped.
+reindex_job = Table(
+    "reindex_job",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("last_pk", PK, nullable=False),
+    Column("total", PK, nullable=False),
+    Column("done", Boolean, nullable=False),
+    Column("started", TIME, nullable=False),
+    Column("finished", TIME, nullable=True),
 )

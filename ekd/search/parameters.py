@@ -1,0 +1,272 @@
+"""Search parameters in force: R4's own, the JGZ ones and those stored at run time.
+
+http://hl7.org/fhir/R4/searchparameter.html. A parameter is known by (resource type, code).
+For indexing, each parameter's FHIRPath expression is cut down to the branches that can apply
+to one resource type (R4's shared parameters list a dozen types in one union) and compiled
+once. `where(resolve() is Patient)` cannot be evaluated without a database, so such a
+branch is compiled without it and the target type is checked on the reference itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ekd.errors import InvalidRequest
+from ekd.fhir.resource_types import is_resource_type
+from ekd.fhirpath import Expression, FhirPathError
+from ekd.fhirpath import compile as compile_fhirpath
+from ekd.search import builtin
+
+TYPES = frozenset(
+    {"number", "date", "string", "token", "reference", "composite", "quantity", "uri", "special"}
+)
+#: Answered from the `resource` table itself, never indexed.
+RESOURCE_COLUMNS = frozenset({"_id", "_lastUpdated"})
+_RESOLVE_IS = re.compile(r"^(?P<path>.+)\.where\(resolve\(\) is (?P<type>[A-Za-z]+)\)$")
+_LEADING_TYPE = re.compile(r"^\(*\s*([A-Z][A-Za-z]+)\b")
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    definition: str
+    expression: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchParam:
+    url: str
+    code: str
+    type: str
+    base: tuple[str, ...]
+    expression: str | None
+    target: tuple[str, ...] = ()
+    components: tuple[Component, ...] = ()
+    builtin: bool = False
+
+    @classmethod
+    def from_resource(cls, sp: dict, *, is_builtin: bool = False) -> SearchParam:
+        def need(name: str) -> object:
+            value = sp.get(name)
+            if not value:
+                raise InvalidRequest(f"SearchParameter.{name} is required for searching",
+                                     expression=f"SearchParameter.{name}")
+            return value
+
+        sp_type = str(need("type"))
+        if sp_type not in TYPES:
+            raise InvalidRequest(f"Unknown search parameter type '{sp_type}'",
+                                 expression="SearchParameter.type")
+        code = str(need("code"))
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", code):
+            raise InvalidRequest(f"Search parameter code '{code}' is not a valid name",
+                                 expression="SearchParameter.code")
+        base = need("base")
+        expression = sp.get("expression")
+        if expression is not None:
+            try:
+                compile_fhirpath(expression)
+            except FhirPathError as exc:
+                raise InvalidRequest(str(exc), expression="SearchParameter.expression") from None
+        return cls(
+            url=str(need("url")),
+            code=code,
+            type=sp_type,
+            base=tuple(base) if isinstance(base, list) else (str(base),),
+            expression=expression,
+            target=tuple(sp.get("target") or ()),
+            components=tuple(Component(c["definition"], c["expression"])
+                             for c in sp.get("component") or ()),
+            builtin=is_builtin,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Extractor:
+    """What indexing one parameter on one resource type evaluates."""
+
+    param: SearchParam
+    #: (expression, target type the reference must have or None)
+    branches: tuple[tuple[Expression, str | None], ...]
+    #: For composites: (component parameter type, expression) pairs.
+    components: tuple[tuple[str, Expression], ...] = ()
+
+
+@dataclass
+class _ForType:
+    params: dict[str, SearchParam] = field(default_factory=dict)
+    extractors: list[Extractor] | None = None
+
+
+def split_union(expression: str) -> list[str]:
+    """Top-level `|` branches of a FHIRPath expression (not those inside parentheses/strings)."""
+    parts: list[str] = []
+    depth = 0
+    quote = False
+    start = 0
+    i = 0
+    while i < len(expression):
+        ch = expression[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == "'":
+                quote = False
+        elif ch == "'":
+            quote = True
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(expression[start:i].strip())
+            start = i + 1
+        i += 1
+    parts.append(expression[start:].strip())
+    return [p for p in parts if p]
+
+
+def branches_for(expression: str, rtype: str) -> list[str]:
+    """The branches of `expression` that can select something on a `rtype` resource."""
+    keep = []
+    for branch in split_union(expression):
+        m = _LEADING_TYPE.match(branch)
+        if m and is_resource_type(m.group(1)) and m.group(1) != rtype:
+            continue
+        keep.append(branch)
+    return keep
+
+
+class SearchParameters:
+    """The registry of search parameters; safe to read while another thread adds one."""
+
+    def __init__(self, *, include_builtin: bool = True) -> None:
+        self._lock = threading.Lock()
+        self._by_url: dict[str, SearchParam] = {}
+        self._types: dict[str, _ForType] = {}
+        self.patient_compartment: dict[str, tuple[str, ...]] = {}
+        if include_builtin:
+            table = builtin.load()
+            for sp in table["parameters"]:
+                if sp["type"] == "special" or (not sp.get("expression") and sp["code"] not in (
+                        RESOURCE_COLUMNS)):
+                    continue
+                self._put(SearchParam.from_resource(sp, is_builtin=True))
+            self.patient_compartment = {
+                t: tuple(p) for t, p in table["patient_compartment"].items()}
+
+    # -- changes ----------------------------------------------------------------------------
+
+    def add(self, resource: dict) -> SearchParam:
+        param = SearchParam.from_resource(resource)
+        with self._lock:
+            self._put(param)
+        return param
+
+    def add_all(self, resources: Iterable[dict]) -> None:
+        for resource in resources:
+            if resource.get("resourceType") == "SearchParameter" and resource.get("status") != \
+                    "retired":
+                self.add(resource)
+
+    def remove(self, url: str) -> None:
+        with self._lock:
+            old = self._by_url.pop(url, None)
+            if old is None:
+                return
+            for rtype in self._bases(old):
+                entry = self._types.get(rtype)
+                if entry and entry.params.get(old.code) is old:
+                    del entry.params[old.code]
+                    entry.extractors = None
+
+    def _bases(self, param: SearchParam) -> Iterable[str]:
+        return param.base
+
+    def _put(self, param: SearchParam) -> None:
+        previous = self._by_url.get(param.url)
+        if previous is not None:
+            for rtype in previous.base:
+                entry = self._types.get(rtype)
+                if entry and entry.params.get(previous.code) is previous:
+                    del entry.params[previous.code]
+        self._by_url[param.url] = param
+        for rtype in param.base:
+            entry = self._types.setdefault(rtype, _ForType())
+            entry.params[param.code] = param
+            entry.extractors = None
+        if {"Resource", "DomainResource"} & set(param.base):
+            for entry in self._types.values():
+                entry.extractors = None
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def by_url(self, url: str) -> SearchParam | None:
+        return self._by_url.get(url)
+
+    def get(self, rtype: str, code: str) -> SearchParam | None:
+        for base in (rtype, "DomainResource", "Resource"):
+            entry = self._types.get(base)
+            if entry is not None and code in entry.params:
+                if base == "DomainResource" and rtype in ("Bundle", "Binary", "Parameters"):
+                    continue
+                return entry.params[code]
+        return None
+
+    def for_type(self, rtype: str) -> dict[str, SearchParam]:
+        out: dict[str, SearchParam] = {}
+        bases = ["Resource"]
+        if rtype not in ("Bundle", "Binary", "Parameters"):
+            bases.append("DomainResource")
+        bases.append(rtype)
+        for base in bases:
+            entry = self._types.get(base)
+            if entry is not None:
+                out.update(entry.params)
+        return out
+
+    def extractors(self, rtype: str) -> list[Extractor]:
+        entry = self._types.setdefault(rtype, _ForType())
+        extractors = entry.extractors
+        if extractors is None:
+            extractors = []
+            for param in self.for_type(rtype).values():
+                extractor = self._extractor(param, rtype)
+                if extractor is not None:
+                    extractors.append(extractor)
+            entry.extractors = extractors
+        return extractors
+
+    def _extractor(self, param: SearchParam, rtype: str) -> Extractor | None:
+        if param.code in RESOURCE_COLUMNS or not param.expression or param.type == "special":
+            return None
+        branches: list[tuple[Expression, str | None]] = []
+        for branch in branches_for(param.expression, rtype):
+            target = None
+            m = _RESOLVE_IS.match(branch)
+            if m:
+                branch, target = m.group("path"), m.group("type")
+            branches.append((compile_fhirpath(branch), target))
+        if not branches:
+            return None
+        components: list[tuple[str, Expression]] = []
+        for component in param.components:
+            definition = self._by_url.get(component.definition)
+            if definition is None:
+                return None  # a composite whose parts are unknown cannot be indexed
+            components.append((definition.type, compile_fhirpath(component.expression)))
+        return Extractor(param, tuple(branches), tuple(components))
+
+    def signature(self) -> str:
+        """Changes whenever what indexing produces could change (for `ekd reindex`)."""
+        digest = hashlib.sha256()
+        for url in sorted(self._by_url):
+            p = self._by_url[url]
+            digest.update(f"{url}\0{p.code}\0{p.type}\0{p.base}\0{p.expression}\0".encode())
+        return digest.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self._by_url)
