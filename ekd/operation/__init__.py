@@ -5,6 +5,7 @@ from __future__ import annotations
 from ekd.interaction.operation import Operation
 from ekd.operation import (
     codesystem_lookup,
+    patient_everything,
     validate,
     valueset_expand,
     valueset_validate_code,
@@ -16,4 +17,5 @@ OPERATIONS: list[Operation] = [
     valueset_expand.OPERATION,
     valueset_validate_code.OPERATION,
     codesystem_lookup.OPERATION,
+    patient_everything.OPERATION,
 ]
