@@ -81,3 +81,15 @@ def test_validate_command_exit_codes(tmp_path: Path) -> None:
     result = runner.invoke(app, ["validate", str(good), str(bad)])
     assert result.exit_code == 1
     assert "Patient.birthDate" in result.output and "1 valid, 1 invalid" in result.output
+
+
+def test_reindex_command(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'reindex.db'}"
+    assert runner.invoke(app, ["db", "upgrade", "--database-url", url]).exit_code == 0
+    first = runner.invoke(app, ["reindex", "--database-url", url])
+    assert first.exit_code == 0, first.output
+    assert "Reindexed 0 of 0 resources" in first.output
+    again = runner.invoke(app, ["reindex", "--database-url", url])
+    assert "Already indexed" in again.output
+    redo = runner.invoke(app, ["reindex", "--database-url", url, "--restart", "-t", "Patient"])
+    assert redo.exit_code == 0 and "Reindexed 0 of 0" in redo.output

@@ -11,6 +11,7 @@ from ekd import FHIR_VERSION, __version__
 from ekd.cli.bds import app as bds_app
 from ekd.cli.conformance import app as conformance_app
 from ekd.cli.demo import demo_data as demo_data_command
+from ekd.cli.reindex import reindex as reindex_command
 from ekd.cli.validate import validate as validate_command
 from ekd.config import Settings
 
@@ -25,6 +26,7 @@ app.add_typer(conformance_app, name="conformance")
 app.add_typer(bds_app, name="bds")
 app.command("demo-data")(demo_data_command)
 app.command("validate")(validate_command)
+app.command("reindex")(reindex_command)
 # soft_wrap: a long database URL or path must stay on one line (copyable, greppable).
 console = Console(stderr=True, soft_wrap=True)
 
@@ -84,12 +86,22 @@ def _seed_definitions(settings: Settings, db: object) -> None:
     """Store the project's profiles and terminology, so clients can read them over FHIR."""
     from ekd.api.app import PROJECT_DEFINITIONS, build_services
     from ekd.definitions.seed import seed
+    from ekd.search import reindex
 
-    report = seed(build_services(settings, db), PROJECT_DEFINITIONS)  # type: ignore[arg-type]
+    services = build_services(settings, db)  # type: ignore[arg-type]
+    index = reindex.mark_current_if_empty(services)
+    report = seed(services, PROJECT_DEFINITIONS)
     console.print(f"  definitions {report.created + report.existing} JGZ profiles and "
                   f"terminology resources stored ({report.created} new)")
     for failure in report.failed:
         console.print(f"  [red]not stored[/red] {failure}")
+    params = len(services.search.parameters)
+    if index.current:
+        console.print(f"  search      {params} search parameters, index up to date")
+    else:
+        console.print(f"  search      {params} search parameters; [yellow]{index.resources} "
+                      "resources may be indexed for other parameters: run `ekd reindex`"
+                      "[/yellow]")
 
 
 def _ensure_schema(db: object) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ekd.errors import Issue, PreconditionFailed, ResourceInvalid
+from ekd.errors import InvalidRequest, Issue, PreconditionFailed, ResourceInvalid
 from ekd.interaction.base import FhirRequest, Services, etag_version
+from ekd.search.parameters import SearchParam
 from ekd.store.resources import ResourceStore, Stored, VersionConflict
 
 
@@ -22,6 +23,8 @@ def profiles_for(services: Services, resource: dict) -> list[str]:
 def validate(services: Services, resource: dict, store: ResourceStore) -> list[Issue]:
     """Validate; raise on errors (nothing is stored), return warnings to report."""
     issues = services.validator.validate(resource, profiles_for(services, resource))
+    if resource.get("resourceType") == "SearchParameter":
+        issues += _search_parameter_issues(resource)
     errors = [i for i in issues if i.severity in ("error", "fatal")]
     if errors:
         # Errors first: they are why the write was refused.
@@ -30,6 +33,16 @@ def validate(services: Services, resource: dict, store: ResourceStore) -> list[I
     for check in services.checks:
         issues += check(store, resource)
     return issues
+
+
+def _search_parameter_issues(resource: dict) -> list[Issue]:
+    """A SearchParameter ekd would index must be usable: known type, valid code, FHIRPath
+    that compiles (its definition is checked by the validator like any resource)."""
+    try:
+        SearchParam.from_resource(resource)
+    except InvalidRequest as exc:
+        return [Issue("error", "invalid", exc.diagnostics, exc.issues[0].expression)]
+    return []
 
 
 def check_if_match(req: FhirRequest, current: Stored | None) -> None:
