@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 
 from ekd.fhirpath import Expression, FhirPathError
-from ekd.fhirpath.model import Node
+from ekd.fhirpath.model import Node, resource_node
 from ekd.search.parameters import Extractor, SearchParameters
 
 UCUM = "http://unitsofmeasure.org"
@@ -121,9 +121,13 @@ class Indexer:
         rows: Rows = {}
         if not isinstance(rtype, str):
             return rows
+        # One typed root for all expressions, and each distinct expression evaluated once:
+        # R4 parameters often share a path (`code` and `combo-code`, `subject` and `patient`).
+        root = resource_node(content)
+        memo: dict[str, list] = {}
         for extractor in self.parameters.extractors(rtype):
             try:
-                _extract(extractor, content, rows)
+                _extract(extractor, root, memo, rows)
             except FhirPathError:
                 # A parameter whose expression fails on this resource indexes nothing for it;
                 # the resource itself was valid, so the write goes on.
@@ -131,13 +135,17 @@ class Indexer:
         return rows
 
 
-def _items(extractor: Extractor, content: dict) -> Iterator[tuple[object, str | None]]:
+def _items(extractor: Extractor, root: Node, memo: dict[str, list]
+           ) -> Iterator[tuple[object, str | None]]:
     for expression, target in extractor.branches:
-        for item in expression.items(content):
+        items = memo.get(expression.expression)
+        if items is None:
+            items = memo[expression.expression] = expression.items(root)
+        for item in items:
             yield item, target
 
 
-def _extract(extractor: Extractor, content: dict, rows: Rows) -> None:
+def _extract(extractor: Extractor, root: Node, memo: dict[str, list], rows: Rows) -> None:
     param = extractor.param
     code = param.code
     kind = param.type
@@ -151,11 +159,11 @@ def _extract(extractor: Extractor, content: dict, rows: Rows) -> None:
             rows.setdefault(table, []).append({"param": name, **row})
 
     if kind == "composite":
-        for item, _ in _items(extractor, content):
+        for item, _ in _items(extractor, root, memo):
             for row in composite_rows(extractor, item):
                 add("search_composite", row)
         return
-    for item, target in _items(extractor, content):
+    for item, target in _items(extractor, root, memo):
         for table, row in value_rows(kind, item, target, param.target):
             add(table, row)
 
