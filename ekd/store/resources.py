@@ -285,8 +285,14 @@ class ResourceStore:
     # Plain driver SQL: building Core statements per call costs more than SQLite's execution.
 
     def _sqlite_time(self, t: datetime) -> str:
-        """The text SQLAlchemy's SQLite DateTime stores (so Core queries compare correctly)."""
-        return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        """The text SQLAlchemy's SQLite DateTime stores (so Core queries compare correctly).
+
+        Not strftime: glibc writes year 1 (the open start of a Period) as "1", not "0001",
+        which would sort after every real date.
+        """
+        u = t.astimezone(UTC)
+        return (f"{u.year:04d}-{u.month:02d}-{u.day:02d} {u.hour:02d}:{u.minute:02d}:"
+                f"{u.second:02d}.{u.microsecond:06d}")
 
     def _create_sqlite(
         self, rtype: str, rid: str, when: datetime, method: str, content: dict,
