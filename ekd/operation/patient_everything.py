@@ -24,7 +24,8 @@ from ekd.store.resources import ResourceStore, Stored
 
 
 def everything_pks(services: Services, store: ResourceStore, patient_id: str, *,
-                   types: set[str] | None = None, since: str | None = None) -> list[int]:
+                   types: set[str] | None = None, since: str | None = None, base: str = ""
+                   ) -> list[int]:
     """The pks of the dossier, in storage order; raises when the patient is gone or unknown."""
     patient = store.current("Patient", patient_id)
     if patient is None:
@@ -33,12 +34,13 @@ def everything_pks(services: Services, store: ResourceStore, patient_id: str, *,
         raise Gone(f"Patient/{patient_id} has been deleted")
     return services.search.compartment_pks(
         store.conn, patient_id, types=types,
-        since=parse_instant(since, "_since") if since else None)
+        since=parse_instant(since, "_since") if since else None, base=base)
 
 
-def dossier(services: Services, store: ResourceStore, patient_id: str) -> list[Stored]:
+def dossier(services: Services, store: ResourceStore, patient_id: str, base: str = ""
+            ) -> list[Stored]:
     """The whole dossier at once (for packaging a transfer)."""
-    return store.current_many(everything_pks(services, store, patient_id))
+    return store.current_many(everything_pks(services, store, patient_id, base=base))
 
 
 def everything(services: Services, store: ResourceStore, req: FhirRequest) -> FhirResponse:
@@ -58,7 +60,8 @@ def everything(services: Services, store: ResourceStore, req: FhirRequest) -> Fh
     count = _count(params.get("_count"), services.settings.default_page_size,
                    services.settings.max_page_size)
     after = _cursor(params.get("_cursor"))
-    pks = everything_pks(services, store, patient_id, types=types, since=params.get("_since"))
+    pks = everything_pks(services, store, patient_id, types=types, since=params.get("_since"),
+                         base=req.base)
     remaining = [pk for pk in pks if pk > after]
     page = store.current_many(remaining[:count])
     entries = [{"fullUrl": full_url(req.base, s), "resource": s.content,

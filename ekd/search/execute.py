@@ -154,7 +154,7 @@ class SearchService:
                 page.previous = Cursor(list(first[1:]), first[0], high_water, True,
                                        page.total).encode()
         if query.includes and matches:
-            page.included = self.included(conn, store, matches, query.includes)
+            page.included = self.included(conn, store, matches, query.includes, base)
         return page
 
     def _high_water(self, conn: Connection) -> int:
@@ -173,7 +173,7 @@ class SearchService:
     # -- _include / _revinclude ---------------------------------------------------------------
 
     def included(self, conn: Connection, store: ResourceStore, matches: list[Stored],
-                 includes: list[Include]) -> list[Stored]:
+                 includes: list[Include], base: str = "") -> list[Stored]:
         seen = {s.pk for s in matches}
         found: list[Stored] = []
         frontier = matches
@@ -181,7 +181,7 @@ class SearchService:
             rules = [i for i in includes if round_ == 0 or i.iterate]
             if not rules or not frontier:
                 break
-            pks = [pk for pk in self._include_pks(conn, frontier, rules) if pk not in seen]
+            pks = [pk for pk in self._include_pks(conn, frontier, rules, base) if pk not in seen]
             if not pks:
                 break
             pks = pks[: MAX_INCLUDED - len(found)]
@@ -192,8 +192,8 @@ class SearchService:
                 break
         return found
 
-    def _include_pks(self, conn: Connection, sources: list[Stored], rules: list[Include]
-                     ) -> list[int]:
+    def _include_pks(self, conn: Connection, sources: list[Stored], rules: list[Include],
+                     base: str) -> list[int]:
         out: list[int] = []
         forward = [i for i in rules if not i.reverse]
         reverse = [i for i in rules if i.reverse]
@@ -210,7 +210,7 @@ class SearchService:
                     c.append(ref.c.target_type == rule.target_type)
                 conds.append(_and(c))
             targets = select(ref.c.target_type, ref.c.target_id).where(
-                ref.c.target_id.is_not(None), ref.c.url.is_(None), or_(*conds)).distinct()
+                ref.c.target_id.is_not(None), sql.local(ref, base), or_(*conds)).distinct()
             pairs = [tuple(row) for row in conn.execute(targets)]
             out.extend(self._pks_of(conn, pairs))
         if reverse:
@@ -225,7 +225,7 @@ class SearchService:
                     c.append(ref.c.param == rule.param.code)
                 conds.append(_and(c))
             q = select(ref.c.resource_pk).join(resource, resource.c.pk == ref.c.resource_pk).where(
-                tuple_(ref.c.target_type, ref.c.target_id).in_(pairs), ref.c.url.is_(None),
+                tuple_(ref.c.target_type, ref.c.target_id).in_(pairs), sql.local(ref, base),
                 resource.c.deleted.is_(False), or_(*conds)).distinct()
             out.extend(conn.execute(q).scalars())
         return out
@@ -241,14 +241,14 @@ class SearchService:
     # -- $everything ----------------------------------------------------------------------------
 
     def compartment_pks(self, conn: Connection, patient_id: str, *, types: set[str] | None,
-                        since: datetime | None) -> list[int]:
+                        since: datetime | None, base: str = "") -> list[int]:
         """The patient, what is in its compartment (http://hl7.org/fhir/R4/compartmentdefinition
         -patient.html) and what those resources refer to outside it, in pk order."""
         pairs = [(t, p) for t, params in self.parameters.patient_compartment.items()
                  for p in params if self.parameters.get(t, p) is not None]
         ref = search_reference
         members = select(ref.c.resource_pk).where(
-            ref.c.target_id == patient_id, ref.c.target_type == "Patient", ref.c.url.is_(None),
+            ref.c.target_id == patient_id, ref.c.target_type == "Patient", sql.local(ref, base),
             tuple_(ref.c.type, ref.c.param).in_(pairs))
         r = resource.alias("r")
         inside = [pk for pk in conn.execute(
@@ -258,7 +258,7 @@ class SearchService:
         if not inside:
             return []
         referenced = select(ref.c.target_type, ref.c.target_id).where(
-            ref.c.resource_pk.in_(inside), ref.c.target_id.is_not(None), ref.c.url.is_(None),
+            ref.c.resource_pk.in_(inside), ref.c.target_id.is_not(None), sql.local(ref, base),
             ref.c.target_type != "Patient").distinct()
         outside = self._pks_of(conn, [tuple(row) for row in conn.execute(referenced)])
         pks = sorted(set(inside) | set(outside))

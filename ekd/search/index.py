@@ -240,10 +240,11 @@ def token_values(node_type: str, data: object) -> Iterator[dict]:
     elif isinstance(data, dict):
         if node_type == "CodeableConcept" or "coding" in data:
             text = data.get("text")
-            for coding in data.get("coding") or ():
-                if isinstance(coding, dict):
-                    yield _coding_row(coding, text)
-            if isinstance(text, str) and not data.get("coding"):
+            rows = [_coding_row(coding, text) for coding in data.get("coding") or ()
+                    if isinstance(coding, dict)]
+            yield from rows
+            # `:text` searches CodeableConcept.text too when the codings have displays.
+            if isinstance(text, str) and all(r["text"] != normalise(text) for r in rows):
                 yield {"system": None, "code": None, "text": normalise(text)}
         elif node_type == "Identifier" or ("value" in data and "use" in data) or (
                 node_type != "ContactPoint" and "value" in data and "system" in data):
@@ -363,11 +364,9 @@ def composite_rows(extractor: Extractor, item: object) -> Iterator[dict]:
                 "c2_low": None, "c2_high": None, "c2_text": None}
             if table == "search_token":
                 row.update(c2_system=second["system"], c2_code=second["code"])
-            elif table == "search_quantity":
-                row.update(c2_system=second["system"],
-                           c2_code=second["canon_code"] or second["code"],
-                           c2_value=second["canon_value"] if second["canon_code"]
-                           else second["value"])
+            elif table == "search_quantity":  # as given: the query converts (sql.py)
+                row.update(c2_system=second["system"], c2_code=second["code"],
+                           c2_value=second["value"])
             elif table == "search_number":
                 row.update(c2_value=second["value"])
             elif table == "search_date":

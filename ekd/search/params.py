@@ -14,6 +14,7 @@ always rejected: ignoring it would widen the result.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -455,7 +456,7 @@ class Parser:
         for target in targets:
             if inner_name in ("_id", "_lastUpdated", "_has") or \
                     self.parameters.get(target, inner_name) is not None:
-                inner[target] = self.criterion(target, rest, raw)
+                inner[target] = _as_sent(name, lambda t=target: self.criterion(t, rest, raw))
         if not inner:
             raise _bad(name, f"no target of '{code}' has a search parameter '{inner_name}'")
         return Chain(name, param, inner)
@@ -473,7 +474,7 @@ class Parser:
         if param.target and rtype not in param.target:
             raise _bad(name, f"{source}.{ref_code} does not refer to {rtype}")
         try:
-            inner = self.criterion(source, rest, raw)
+            inner = _as_sent(name, lambda: self.criterion(source, rest, raw))
         except _Unknown as unknown:
             raise _bad(name, str(unknown)) from None
         return Has(source, param, inner)
@@ -487,6 +488,15 @@ class Parser:
 
 class _Unknown(Exception):
     """A parameter the type does not have (a warning, or 400 under handling=strict)."""
+
+
+def _as_sent(name: str, parse: Callable[[], Node]) -> Node:
+    """Parse the inner part of a chain or `_has`; an error names the parameter as the client
+    sent it (`subject:Patient.birthdate`), not only its inner part."""
+    try:
+        return parse()
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.diagnostics, expression=name) from None
 
 
 def _int(name: str, raw: str, minimum: int) -> int:

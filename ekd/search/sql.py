@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import ColumnOperators
 
 from ekd.errors import InvalidRequest
-from ekd.search.index import FAR_FUTURE, FAR_PAST, UNITS, canonical_quantity
+from ekd.search.index import FAR_FUTURE, FAR_PAST, UCUM, UNITS, canonical_quantity
 from ekd.search.params import (
     Chain,
     CompositeValue,
@@ -313,8 +313,9 @@ def number_match(col: ColumnElement, v: NumberValue, scale: Decimal = Decimal(1)
         return col >= value
     if p == "le":
         return col <= value
-    margin = abs(value) * 0.1
-    return and_(col >= value - margin, col <= value + margin)
+    exact = v.value * scale  # the margin in decimal: 1.32 m is within 10% of 1.2 m
+    margin = abs(exact) / 10
+    return and_(col >= float(exact - margin), col <= float(exact + margin))
 
 
 def quantity_match(system: ColumnElement, code: ColumnElement, value: ColumnElement,
@@ -329,6 +330,24 @@ def quantity_match(system: ColumnElement, code: ColumnElement, value: ColumnElem
     if v.system is not None:
         conds.append(system == v.system)
     return and_(*conds)
+
+
+def stored_quantity_match(system: ColumnElement, code: ColumnElement, value: ColumnElement,
+                          v: QuantityValue) -> ColumnElement[bool]:
+    """`quantity_match` for a quantity indexed as given (a composite's component): a search
+    value in a unit ekd converts matches each unit of its dimension at that unit's scale."""
+    unit, _ = canonical_quantity(v.number.value, v.system, v.code)
+    if unit is None or v.code is None:
+        conds = [number_match(value, v.number)]
+        if v.code is not None:
+            conds.append(code == v.code)
+        if v.system is not None:
+            conds.append(system == v.system)
+        return and_(*conds)
+    factor = UNITS[v.code][1]
+    return and_(system == UCUM, or_(*(
+        and_(code == other, number_match(value, v.number, factor / other_factor))
+        for other, (other_unit, other_factor) in UNITS.items() if other_unit == unit)))
 
 
 def reference_match(ctx: Context, t: FromClause, v: ReferenceValue, targets: tuple[str, ...]
@@ -356,17 +375,7 @@ def _composite(t: FromClause, second_type: str | None, v: CompositeValue) -> Col
         second = token_match(t.c.c2_system, t.c.c2_code, s)
     elif second_type == "quantity":
         assert isinstance(s, QuantityValue)
-        unit, _ = canonical_quantity(s.number.value, s.system, s.code)
-        if unit is not None and s.code is not None:
-            second = and_(t.c.c2_code == unit, number_match(t.c.c2_value, s.number,
-                                                            UNITS[s.code][1]))
-        else:
-            parts = [number_match(t.c.c2_value, s.number)]
-            if s.code is not None:
-                parts.append(t.c.c2_code == s.code)
-            if s.system is not None:
-                parts.append(t.c.c2_system == s.system)
-            second = and_(*parts)
+        second = stored_quantity_match(t.c.c2_system, t.c.c2_code, t.c.c2_value, s)
     elif second_type == "number":
         assert isinstance(s, NumberValue)
         second = number_match(t.c.c2_value, s)
