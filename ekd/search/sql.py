@@ -148,6 +148,9 @@ def _criterion(ctx: Context, alias: FromClause, rtype: str, crit: Criterion
     if crit.modifier == "missing":
         present = pk.in_(select(table.c.resource_pk).where(
             table.c.type == rtype, table.c.param == code))
+        if crit.type == "reference":  # a reference by identifier only is a value too
+            present = or_(present, pk.in_(select(search_token.c.resource_pk).where(
+                search_token.c.type == rtype, search_token.c.param == f"{code}:identifier")))
         return not_(present) if crit.missing else present
     if crit.type == "reference" and crit.modifier == "identifier":
         table, code = search_token, f"{code}:identifier"
@@ -350,18 +353,28 @@ def stored_quantity_match(system: ColumnElement, code: ColumnElement, value: Col
         for other, (other_unit, other_factor) in UNITS.items() if other_unit == unit)))
 
 
+def local(ref: FromClause, base: str) -> ColumnElement[bool]:
+    """Reference rows naming a resource of this server: relative, or absolute under `base`.
+    "A relative reference resolving to the same value as a specified absolute URL, or vice
+    versa, qualifies as a match" (http://hl7.org/fhir/R4/search.html#reference)."""
+    if not base:
+        return ref.c.url.is_(None)
+    prefix = base.rstrip("/") + "/"
+    return or_(ref.c.url.is_(None), func.substr(ref.c.url, 1, len(prefix)) == prefix)
+
+
 def reference_match(ctx: Context, t: FromClause, v: ReferenceValue, targets: tuple[str, ...]
                     ) -> ColumnElement[bool]:
     if v.url is not None:
         base = ctx.base.rstrip("/") + "/"
         conds = [t.c.url == v.url, t.c.url.like(f"{_like_escape(v.url)}|%", escape="\\")]
         if ctx.base and v.url.startswith(base):
-            local = v.url[len(base):].split("/_history/", 1)[0].split("/")
-            if len(local) == 2:
-                conds.append(and_(t.c.url.is_(None), t.c.target_type == local[0],
-                                  t.c.target_id == local[1]))
+            name = v.url[len(base):].split("/_history/", 1)[0].split("/")
+            if len(name) == 2:
+                conds.append(and_(local(t, ctx.base), t.c.target_type == name[0],
+                                  t.c.target_id == name[1]))
         return or_(*conds)
-    conds = [t.c.target_id == v.id, t.c.url.is_(None)]
+    conds = [t.c.target_id == v.id, local(t, ctx.base)]
     if v.type is not None:
         conds.append(t.c.target_type == v.type)
     return and_(*conds)
@@ -400,7 +413,7 @@ def _chain(ctx: Context, alias: FromClause, rtype: str, chain: Chain) -> ColumnE
                                        node_clause(ctx, t, target, inner))
         options.append(and_(ref.c.target_type == target, ref.c.target_id.in_(targets)))
     return alias.c.pk.in_(select(ref.c.resource_pk).where(
-        ref.c.type == rtype, ref.c.param == chain.param.code, ref.c.url.is_(None),
+        ref.c.type == rtype, ref.c.param == chain.param.code, local(ref, ctx.base),
         or_(*options)))
 
 
@@ -411,7 +424,7 @@ def _has(ctx: Context, alias: FromClause, rtype: str, has: Has) -> ColumnElement
                                    node_clause(ctx, s, has.source_type, has.inner))
     return alias.c.id.in_(select(ref.c.target_id).where(
         ref.c.type == has.source_type, ref.c.param == has.param.code,
-        ref.c.target_type == rtype, ref.c.url.is_(None), ref.c.resource_pk.in_(sources)))
+        ref.c.target_type == rtype, local(ref, ctx.base), ref.c.resource_pk.in_(sources)))
 
 
 # -- sorting ---------------------------------------------------------------------------------
