@@ -124,7 +124,7 @@ class Indexer:
         # One typed root for all expressions, and each distinct expression evaluated once:
         # R4 parameters often share a path (`code` and `combo-code`, `subject` and `patient`).
         root = resource_node(content)
-        memo: dict[str, list] = {}
+        memo: dict[object, list] = {}
         for extractor in self.parameters.extractors(rtype):
             try:
                 _extract(extractor, root, memo, rows)
@@ -135,7 +135,7 @@ class Indexer:
         return rows
 
 
-def _items(extractor: Extractor, root: Node, memo: dict[str, list]
+def _items(extractor: Extractor, root: Node, memo: dict[object, list]
            ) -> Iterator[tuple[object, str | None]]:
     for expression, target in extractor.branches:
         items = memo.get(expression.expression)
@@ -145,7 +145,7 @@ def _items(extractor: Extractor, root: Node, memo: dict[str, list]
             yield item, target
 
 
-def _extract(extractor: Extractor, root: Node, memo: dict[str, list], rows: Rows) -> None:
+def _extract(extractor: Extractor, root: Node, memo: dict[object, list], rows: Rows) -> None:
     param = extractor.param
     code = param.code
     kind = param.type
@@ -160,7 +160,7 @@ def _extract(extractor: Extractor, root: Node, memo: dict[str, list], rows: Rows
 
     if kind == "composite":
         for item, _ in _items(extractor, root, memo):
-            for row in composite_rows(extractor, item):
+            for row in composite_rows(extractor, item, memo):
                 add("search_composite", row)
         return
     for item, target in _items(extractor, root, memo):
@@ -348,15 +348,17 @@ def parse_reference(ref: str) -> dict:
             "url": ref[:MAX_TEXT] if absolute else None}
 
 
-def composite_rows(extractor: Extractor, item: object) -> Iterator[dict]:
-    """Pairs of (first component, second component) values taken from the same element."""
+def composite_rows(extractor: Extractor, item: object, memo: dict | None = None
+                   ) -> Iterator[dict]:
+    """Pairs of (first component, second component) values taken from the same element.
+
+    `memo` (per resource) keeps component values by (expression, element): R4's composites
+    of one type share components (`code` in every `code-value-*`)."""
     if len(extractor.components) < 2:
         return
-    element = item.data if type(item) is Node else item
-    base = item.path if type(item) is Node else None
     (kind1, expr1), (kind2, expr2) = extractor.components[:2]
-    firsts = list(_component_values(kind1, expr1, element, base))
-    seconds = list(_component_values(kind2, expr2, element, base))
+    firsts = _memo_component(memo, kind1, expr1, item)
+    seconds = _memo_component(memo, kind2, expr2, item)
     for _, first in firsts:
         for table, second in seconds:
             row = {"system": first.get("system"), "code": first.get("code") or first.get(
@@ -378,6 +380,19 @@ def composite_rows(extractor: Extractor, item: object) -> Iterator[dict]:
             else:
                 continue
             yield row
+
+
+def _memo_component(memo: dict | None, kind: str, expression: Expression, item: object
+                    ) -> list[tuple[str, dict]]:
+    element = item.data if type(item) is Node else item
+    base = item.path if type(item) is Node else None
+    if memo is None:
+        return list(_component_values(kind, expression, element, base))
+    key = (kind, expression.expression, id(element))
+    values = memo.get(key)
+    if values is None:
+        values = memo[key] = list(_component_values(kind, expression, element, base))
+    return values
 
 
 def _component_values(kind: str, expression: Expression, element: object, base: str | None

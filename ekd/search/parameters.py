@@ -24,6 +24,9 @@ from ekd.search import builtin
 TYPES = frozenset(
     {"number", "date", "string", "token", "reference", "composite", "quantity", "uri", "special"}
 )
+#: Raise when `ekd.search.index` changes what rows it writes for the same parameters: it is
+#: part of the signature, so `ekd serve` asks for and `ekd reindex` does a rebuild.
+INDEX_FORMAT = 2
 #: Answered from the `resource` table itself, never indexed.
 RESOURCE_COLUMNS = frozenset({"_id", "_lastUpdated"})
 _RESOLVE_IS = re.compile(r"^(?P<path>.+)\.where\(resolve\(\) is (?P<type>[A-Za-z]+)\)$")
@@ -262,7 +265,7 @@ class SearchParameters:
 
     def signature(self) -> str:
         """Changes whenever what indexing produces could change (for `ekd reindex`)."""
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(f"index format {INDEX_FORMAT}\0".encode())
         for url in sorted(self._by_url):
             p = self._by_url[url]
             digest.update(f"{url}\0{p.code}\0{p.type}\0{p.base}\0{p.expression}\0".encode())
