@@ -82,7 +82,8 @@ class SearchService:
 
     def context(self, conn: Connection, base: str = "") -> sql.Context:
         _plan_for_values(conn)
-        return sql.Context(conn.dialect.name, self.expand, base)
+        return sql.Context(conn.dialect.name, self.expand, base,
+                           self.parameters.single_valued)
 
     def _select(self, ctx: sql.Context, query: SearchQuery, *columns) -> tuple:
         r = resource.alias("r")

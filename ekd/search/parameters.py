@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ekd.errors import InvalidRequest
@@ -30,6 +30,7 @@ INDEX_FORMAT = 2
 #: Answered from the `resource` table itself, never indexed.
 RESOURCE_COLUMNS = frozenset({"_id", "_lastUpdated"})
 _RESOLVE_IS = re.compile(r"^(?P<path>.+)\.where\(resolve\(\) is (?P<type>[A-Za-z]+)\)$")
+_PLAIN_PATH = re.compile(r"^[A-Z][A-Za-z]+(\.[a-z][A-Za-z]*)+$")
 _LEADING_TYPE = re.compile(r"^\(*\s*([A-Z][A-Za-z]+)\b")
 
 
@@ -146,7 +147,12 @@ def branches_for(expression: str, rtype: str) -> list[str]:
 class SearchParameters:
     """The registry of search parameters; safe to read while another thread adds one."""
 
-    def __init__(self, *, include_builtin: bool = True) -> None:
+    def __init__(self, *, include_builtin: bool = True,
+                 max_one: Callable[[str], bool] | None = None) -> None:
+        #: Whether an element path (`Encounter.period`) holds at most one value (from the
+        #: base StructureDefinitions); None: nothing is known to be single-valued.
+        self.max_one = max_one
+        self._single: dict[tuple[str, str], bool] = {}
         self._lock = threading.Lock()
         self._by_url: dict[str, SearchParam] = {}
         self._types: dict[str, _ForType] = {}
@@ -262,6 +268,28 @@ class SearchParameters:
                 return None  # a composite whose parts are unknown cannot be indexed
             components.append((definition.type, compile_fhirpath(component.expression)))
         return Extractor(param, tuple(branches), tuple(components))
+
+    def single_valued(self, rtype: str, code: str) -> bool:
+        """At most one element per resource: the one branch is a plain path of elements with
+        max 1 (`Patient.birthDate`, `Encounter.period`). For a date that is at most one index
+        row, so several criteria on the parameter can be checked on the same row, which makes
+        `date=ge…&date=lt…` one index range instead of two half-open ones."""
+        key = (rtype, code)
+        known = self._single.get(key)
+        if known is None:
+            known = self._single[key] = self._single_valued(rtype, code)
+        return known
+
+    def _single_valued(self, rtype: str, code: str) -> bool:
+        param = self.get(rtype, code)
+        if self.max_one is None or param is None or not param.expression:
+            return False
+        branches = branches_for(param.expression, rtype)
+        if len(branches) != 1 or not _PLAIN_PATH.match(branches[0]):
+            return False
+        parts = branches[0].split(".")
+        return parts[0] == rtype and all(
+            self.max_one(".".join(parts[: i + 1])) for i in range(1, len(parts)))
 
     def signature(self) -> str:
         """Changes whenever what indexing produces could change (for `ekd reindex`)."""

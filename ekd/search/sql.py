@@ -87,6 +87,8 @@ class Context:
     dialect: str
     expand: Expander | None = None
     base: str = ""
+    #: (type, code) -> at most one index row per resource (see SearchParameters.single_valued)
+    single_valued: Callable[[str, str], bool] | None = None
 
     @property
     def postgresql(self) -> bool:
@@ -109,7 +111,28 @@ def _like_escape(text: str) -> str:
 
 def where(ctx: Context, alias: FromClause, rtype: str, nodes: list[Node]
           ) -> list[ColumnElement[bool]]:
-    return [node_clause(ctx, alias, rtype, node) for node in nodes]
+    clauses = []
+    same_row: dict[str, list[Criterion]] = {}
+    for node in nodes:
+        if isinstance(node, Criterion) and _one_row(ctx, rtype, node):
+            same_row.setdefault(node.name, []).append(node)
+        else:
+            clauses.append(node_clause(ctx, alias, rtype, node))
+    for group in same_row.values():
+        if len(group) == 1:
+            clauses.append(node_clause(ctx, alias, rtype, group[0]))
+            continue
+        # AND of criteria on a parameter with at most one row per resource: one lookup.
+        table = search_date
+        conds = [or_(*(_value_clause(ctx, table, c, v) for v in c.values)) for c in group]
+        assert group[0].param is not None
+        clauses.append(alias.c.pk.in_(_rows(table, rtype, group[0].param.code, and_(*conds))))
+    return clauses
+
+
+def _one_row(ctx: Context, rtype: str, crit: Criterion) -> bool:
+    return (crit.type == "date" and crit.modifier is None and crit.param is not None
+            and ctx.single_valued is not None and ctx.single_valued(rtype, crit.param.code))
 
 
 def node_clause(ctx: Context, alias: FromClause, rtype: str, node: Node) -> ColumnElement[bool]:
