@@ -556,6 +556,11 @@ def child_bundle(index: int, seed: int, reference_date: dt.date = DEFAULT_REFERE
             "period": {"start": when},
             "serviceProvider": _ref(org_url),
         }
+        if status == "01":  # a held consult has ended: without an end, date search sees it
+            # as still going on (http://hl7.org/fhir/R4/search.html#date, open periods)
+            minutes = 45 if vorm == "06" else 20
+            end = dt.datetime.fromisoformat(when) + dt.timedelta(minutes=minutes)
+            resource["period"]["end"] = end.isoformat()
         return child.add(resource), when
 
     # pregnancy and birth
