@@ -9,20 +9,17 @@ is dropped at the end, and each test starts from empty tables.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from ekd.api.app import build_services, create_app
 from ekd.config import Settings
 from ekd.interaction.base import Services
 from ekd.store.database import Database
-from ekd.store.schema import INDEX_TABLES
+from tests.db_helpers import empty_database, scratch_database
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 BACKENDS = ["sqlite", "postgresql"]
@@ -56,20 +53,8 @@ def postgres_server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgresql_url(postgres_server_url: str) -> Iterator[str]:
     """A database of our own on the server, dropped when the session ends."""
-    server = make_url(postgres_server_url)
-    name = f"ekd_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-            ), {"n": name})
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    with scratch_database(postgres_server_url, "ekd_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -88,18 +73,8 @@ def database(request: pytest.FixtureRequest) -> Iterator[Database]:
     if db is None:
         db = _databases[url] = Database(url)
         db.upgrade()
-    _empty(db)
+    empty_database(db)
     yield db
-
-
-def _empty(db: Database) -> None:
-    tables = [*INDEX_TABLES, "reindex_job", "resource_version", "resource"]
-    with db.engine.begin() as conn:
-        if db.dialect == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for table in tables:
-                conn.execute(text(f"DELETE FROM {table}"))
 
 
 @pytest.fixture

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 from fhirpy import SyncFHIRClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from tests.db_helpers import scratch_database
 from tests.perf._servers import ekd_server, running
 
 LOINC = "http://loinc.org"
@@ -29,20 +28,8 @@ UCUM = "http://unitsofmeasure.org"
 @pytest.fixture(scope="module")
 def scratch_postgresql(postgres_server_url: str) -> Iterator[str]:
     """A database of our own for the server process, dropped afterwards."""
-    server = make_url(postgres_server_url)
-    name = f"ekd_fhirpy_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-            ), {"n": name})
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    with scratch_database(postgres_server_url, "ekd_fhirpy") as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

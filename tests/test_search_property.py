@@ -17,14 +17,14 @@ from urllib.parse import urlsplit
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from ekd.interaction.base import Services
 from ekd.search.index import date_range
 from ekd.search.params import Parser
 from ekd.store.database import Database
-from ekd.store.schema import INDEX_TABLES
 from ekd.store.schema import resource as resource_table
+from tests.db_helpers import empty_database
 from tests.fhir_helpers import JSON
 from tests.search_oracle import CONVERT, Oracle
 
@@ -452,16 +452,6 @@ FOCUS = {"quantity": quantity_focus, "date": date_focus}
 # -- the test ---------------------------------------------------------------------------------
 
 
-def _reset(db: Database) -> None:
-    tables = [*INDEX_TABLES, "reindex_job", "resource_version", "resource"]
-    with db.engine.begin() as conn:
-        if db.dialect == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for table in tables:
-                conn.execute(text(f"DELETE FROM {table}"))
-
-
 def _create(client: TestClient, resource: dict) -> dict:
     r = client.post(f"/fhir/{resource['resourceType']}", json=resource,
                     headers={"Content-Type": JSON})
@@ -551,7 +541,7 @@ def _last_updated(db: Database) -> dict[tuple[str, str], datetime]:
 @given(data=st.data())
 def test_search_agrees_with_oracle(client: TestClient, database: Database, services: Services,
                                    data: st.DataObject) -> None:
-    _reset(database)
+    empty_database(database)
     stored: list[dict] = []
     ids: dict[str, list[str]] = {"Patient": [], "Encounter": [], "Observation": []}
 

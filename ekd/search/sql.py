@@ -350,6 +350,12 @@ def quantity_match(system: ColumnElement, code: ColumnElement, value: ColumnElem
     unit, _ = canonical_quantity(v.number.value, v.system, v.code)
     if unit is not None and v.code is not None:
         return and_(canon_code == unit, number_match(canon_value, v.number, UNITS[v.code][1]))
+    return _unconverted(system, code, value, v)
+
+
+def _unconverted(system: ColumnElement, code: ColumnElement, value: ColumnElement,
+                 v: QuantityValue) -> ColumnElement[bool]:
+    """The number, and the unit and system where the search gives them, as they stand."""
     conds = [number_match(value, v.number)]
     if v.code is not None:
         conds.append(code == v.code)
@@ -364,12 +370,7 @@ def stored_quantity_match(system: ColumnElement, code: ColumnElement, value: Col
     value in a unit ekd converts matches each unit of its dimension at that unit's scale."""
     unit, _ = canonical_quantity(v.number.value, v.system, v.code)
     if unit is None or v.code is None:
-        conds = [number_match(value, v.number)]
-        if v.code is not None:
-            conds.append(code == v.code)
-        if v.system is not None:
-            conds.append(system == v.system)
-        return and_(*conds)
+        return _unconverted(system, code, value, v)
     factor = UNITS[v.code][1]
     return and_(system == UCUM, or_(*(
         and_(code == other, number_match(value, v.number, factor / other_factor))
