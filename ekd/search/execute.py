@@ -253,11 +253,11 @@ class SearchService:
         members = select(ref.c.resource_pk).where(
             ref.c.target_id == patient_id, ref.c.target_type == "Patient", sql.local(ref, base),
             tuple_(ref.c.type, ref.c.param).in_(pairs))
-        r = resource.alias("r")
-        inside = [pk for pk in conn.execute(
-            select(r.c.pk).where(r.c.deleted.is_(False), or_(
-                r.c.pk.in_(members), (r.c.type == "Patient") & (r.c.id == patient_id))))
-            .scalars()]
+        # Two lookups, not one `pk IN (...) OR id = ...`: PostgreSQL cannot serve that OR
+        # from indexes and scans the whole resource table.
+        inside = self._pks_of(conn, [("Patient", patient_id)])
+        inside += conn.execute(select(resource.c.pk).where(
+            resource.c.deleted.is_(False), resource.c.pk.in_(members))).scalars()
         if not inside:
             return []
         referenced = select(ref.c.target_type, ref.c.target_id).where(
