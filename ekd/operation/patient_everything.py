@@ -9,7 +9,7 @@ locations involved). Inputs: `_since` (changed at or after), `_type` (comma-sepa
 ignored, so a client never mistakes a whole dossier for a date range.
 
 The answer is a searchset Bundle paged by a cursor (the last resource of the page), so pages
-stay put while the dossier changes; the transfer module packages exactly this set.
+stay put while the dossier changes; the transfer module (#7) is to package exactly this set.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ekd.fhir.resource_types import is_resource_type
 from ekd.interaction.base import FhirRequest, FhirResponse, Services, full_url
 from ekd.interaction.bundle import bundle, page_url
 from ekd.interaction.operation import Operation
-from ekd.store.resources import ResourceStore, Stored
+from ekd.store.resources import ResourceStore
 
 
 def everything_pks(services: Services, store: ResourceStore, patient_id: str, *,
@@ -35,12 +35,6 @@ def everything_pks(services: Services, store: ResourceStore, patient_id: str, *,
     return services.search.compartment_pks(
         store.conn, patient_id, types=types,
         since=parse_instant(since, "_since") if since else None, base=base)
-
-
-def dossier(services: Services, store: ResourceStore, patient_id: str, base: str = ""
-            ) -> list[Stored]:
-    """The whole dossier at once (for packaging a transfer)."""
-    return store.current_many(everything_pks(services, store, patient_id, base=base))
 
 
 def everything(services: Services, store: ResourceStore, req: FhirRequest) -> FhirResponse:
