@@ -186,16 +186,15 @@ class SearchParameters:
             old = self._by_url.pop(url, None)
             if old is None:
                 return
-            for rtype in self._bases(old):
+            self._single.clear()
+            for rtype in old.base:
                 entry = self._types.get(rtype)
                 if entry and entry.params.get(old.code) is old:
                     del entry.params[old.code]
                     entry.extractors = None
 
-    def _bases(self, param: SearchParam) -> Iterable[str]:
-        return param.base
-
     def _put(self, param: SearchParam) -> None:
+        self._single.clear()
         previous = self._by_url.get(param.url)
         if previous is not None:
             for rtype in previous.base:
