@@ -70,14 +70,7 @@ log = logging.getLogger("ekd")
 def build_search(registry: Registry, terminology: TerminologyService) -> SearchService:
     """R4's search parameters plus every SearchParameter the registry holds or comes to hold
     (the JGZ ones from profiles/, those stored through the API)."""
-    def max_one(path: str) -> bool:
-        sd = registry.structure_definition(path.split(".", 1)[0])
-        for element in (sd or {}).get("snapshot", {}).get("element", ()):
-            if element.get("path") in (path, path + "[x]"):
-                return element.get("max") in ("0", "1")
-        return False
-
-    parameters = SearchParameters(max_one=max_one)
+    parameters = SearchParameters(max_one=registry.max_one)
     parameters.add_all(registry.all("SearchParameter"))
 
     def follow(resource: dict) -> None:

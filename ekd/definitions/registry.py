@@ -84,6 +84,15 @@ class Registry:
             type_or_url = f"http://hl7.org/fhir/StructureDefinition/{type_or_url}"
         return self.get(type_or_url, "StructureDefinition")
 
+    def max_one(self, path: str) -> bool:
+        """Whether the base definition lets element `path` (`Encounter.period`) occur at most
+        once; False when the element is unknown."""
+        sd = self.structure_definition(path.split(".", 1)[0])
+        for element in (sd or {}).get("snapshot", {}).get("element", ()):
+            if element.get("path") in (path, path + "[x]"):
+                return element.get("max") in ("0", "1")
+        return False
+
     @property
     def sources(self) -> list[str]:
         """Where the resources came from, with counts (for start-up output)."""

@@ -20,6 +20,7 @@ from ekd.fhir.resource_types import is_resource_type
 from ekd.interaction.base import FhirRequest, FhirResponse, Services, full_url
 from ekd.interaction.bundle import bundle, page_url
 from ekd.interaction.operation import Operation
+from ekd.search.params import whole_number
 from ekd.store.resources import ResourceStore
 
 
@@ -72,13 +73,7 @@ def everything(services: Services, store: ResourceStore, req: FhirRequest) -> Fh
 def _count(raw: str | None, default: int, maximum: int) -> int:
     if raw is None:
         return max(default, maximum)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest("_count must be a whole number", expression="_count") from None
-    if value < 1:
-        raise InvalidRequest("_count must be at least 1", expression="_count")
-    return min(value, maximum)
+    return min(whole_number("_count", raw, 1), maximum)
 
 
 def _cursor(raw: str | None) -> int:

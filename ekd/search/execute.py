@@ -280,8 +280,12 @@ def _plan_for_values(conn: Connection) -> None:
     generic plan, one that cannot see that `code = '8302-2'` matches 8% of all Observations and
     `subject = X` a handful (measured at 1M resources: 1.36 s instead of 0.6 ms). Search
     statements are planned for their values, always; the setting ends with the transaction."""
-    if conn.dialect.name == "postgresql" and conn.in_transaction():
+    if conn.dialect.name != "postgresql" or not conn.in_transaction():
+        return
+    transaction = conn.get_transaction()
+    if conn.info.get("ekd_custom_plans") is not transaction:  # once per transaction
         conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+        conn.info["ekd_custom_plans"] = transaction
 
 
 def _and(conds: list) -> ColumnElement[bool]:

@@ -164,12 +164,12 @@ def _extract(extractor: Extractor, root: Node, memo: dict[object, list], rows: R
                 add("search_composite", row)
         return
     for item, target in _items(extractor, root, memo):
-        for table, row in value_rows(kind, item, target, param.target):
+        for table, row in value_rows(kind, item, target):
             add(table, row)
 
 
-def value_rows(kind: str, item: object, target: str | None = None,
-               targets: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
+def value_rows(kind: str, item: object, target: str | None = None
+               ) -> Iterator[tuple[str, dict]]:
     """The index rows one FHIRPath item gives for a parameter of type `kind`."""
     node_type, data = _typed(item)
     if data is None:

@@ -266,9 +266,9 @@ class Parser:
     def _control(self, query: SearchQuery, name: str, raw: str) -> None:
         base, _, modifier = name.partition(":")
         if base == "_count":
-            query.count = min(_int("_count", raw, 0), self.max_count)
+            query.count = min(whole_number("_count", raw, 0), self.max_count)
         elif base == "_offset":
-            query.offset = _int("_offset", raw, 0)
+            query.offset = whole_number("_offset", raw, 0)
             return
         elif base == "_cursor":
             query.cursor = raw
@@ -499,7 +499,8 @@ def _as_sent(name: str, parse: Callable[[], Node]) -> Node:
         raise InvalidRequest(exc.diagnostics, expression=name) from None
 
 
-def _int(name: str, raw: str, minimum: int) -> int:
+def whole_number(name: str, raw: str, minimum: int) -> int:
+    """A request parameter that must be a whole number of at least `minimum`."""
     try:
         value = int(raw)
     except ValueError:
