@@ -23,6 +23,13 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be a whole number, got {raw!r}") from exc
 
 
+def _env_mode(name: str) -> str:
+    raw = (os.environ.get(name) or "development").lower()
+    if raw not in ("development", "production"):
+        raise SystemExit(f"{name} must be development or production, got {raw!r}")
+    return raw
+
+
 def _env_profiles(name: str) -> dict[str, tuple[str, ...]]:
     """`{"Patient": ["http://…/jgz-Patient"], …}` as JSON."""
     raw = os.environ.get(name)
@@ -58,6 +65,25 @@ class Settings:
     growth_references: str = ""
     #: Resource type -> profile URLs every stored resource of that type must conform to.
     required_profiles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: "development" (creates keys, a local organisation and client, prints a token) or
+    #: "production" (refuses to start without signing keys and registered clients).
+    mode: str = "development"
+    #: Folder with ekd's token signing keys (private keys, PEM; newest signs, all verify).
+    key_dir: str = "./ekd-keys"
+    #: Lifetime of access tokens from /auth/token, seconds.
+    token_lifetime: int = 300
+    #: Server certificate and key for HTTPS; with `tls_client_ca`, clients may present an
+    #: organisation certificate (mutual TLS) signed by that CA.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    #: Origins allowed by CORS (empty: CORS off).
+    cors_origins: tuple[str, ...] = ()
+    #: Requests per minute per client (token or certificate) and per address at /auth/token;
+    #: 0 turns rate limiting off.
+    rate_limit: int = 1200
+    #: Requests a client may send in one burst above its steady rate.
+    rate_burst: int = 200
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -77,6 +103,16 @@ class Settings:
             growth_references=os.environ.get("EKD_GROWTH_REFERENCES", ""),
             jgz_enforce=os.environ.get("EKD_JGZ_ENFORCE", "true").lower()
             not in ("0", "false", "no", "off"),
+            mode=_env_mode("EKD_MODE"),
+            key_dir=os.environ.get("EKD_KEY_DIR") or "./ekd-keys",
+            token_lifetime=_env_int("EKD_TOKEN_LIFETIME", 300),
+            tls_cert=os.environ.get("EKD_TLS_CERT", ""),
+            tls_key=os.environ.get("EKD_TLS_KEY", ""),
+            tls_client_ca=os.environ.get("EKD_TLS_CLIENT_CA", ""),
+            cors_origins=tuple(o.strip() for o in os.environ.get("EKD_CORS_ORIGINS", "").split(",")
+                               if o.strip()),
+            rate_limit=_env_int("EKD_RATE_LIMIT", 1200),
+            rate_burst=_env_int("EKD_RATE_BURST", 200),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **clean) if clean else settings

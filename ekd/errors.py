@@ -117,3 +117,26 @@ class NotSupported(FhirError):
     """A valid request for something ekd does not (yet) do."""
 
     status, code = 501, "not-supported"
+
+
+class Unauthorized(FhirError):
+    """No valid credentials (http://hl7.org/fhir/R4/security.html: 401 with an
+    OperationOutcome). The reason is safe to show: it never echoes the token."""
+
+    status, code = 401, "login"
+
+    def __init__(self, diagnostics: str, **kwargs: object) -> None:
+        headers = dict(kwargs.pop("headers", None) or {})  # type: ignore[call-overload]
+        error = "invalid_token" if "token" in diagnostics.lower() else "invalid_request"
+        headers.setdefault("WWW-Authenticate", f'Bearer realm="ekd", error="{error}"')
+        super().__init__(diagnostics, headers=headers, **kwargs)  # type: ignore[arg-type]
+
+
+class Forbidden(FhirError):
+    """Authenticated, but the role or the token's scopes do not allow this."""
+
+    status, code = 403, "forbidden"
+
+
+class TooManyRequests(FhirError):
+    status, code = 429, "throttled"

@@ -33,8 +33,9 @@ def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
 
 
 def empty_database(db: Database) -> None:
-    """Delete every resource, version and index row (the schema stays)."""
-    tables = [*INDEX_TABLES, "reindex_job", "resource_version", "resource"]
+    """Delete every resource, version, index, audit and client row (the schema stays)."""
+    tables = [*INDEX_TABLES, "reindex_job", "resource_version", "resource", "audit_patient",
+              "audit_event", "audit_head", "auth_jti", "auth_client"]
     with db.engine.begin() as conn:
         if db.dialect == "postgresql":
             conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))

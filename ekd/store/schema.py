@@ -53,6 +53,7 @@ resource = Table(
     Column("org", String(64), nullable=True),
     UniqueConstraint("type", "id", name="uq_resource_type_id"),
     Index("ix_resource_type_last_updated", "type", "last_updated"),
+    Index("ix_resource_org_type", "org", "type"),
 )
 
 resource_version = Table(
@@ -179,4 +180,86 @@ reindex_job = Table(
     Column("done", Boolean, nullable=False),
     Column("started", TIME, nullable=False),
     Column("finished", TIME, nullable=True),
+)
+
+# -- authentication (ekd.security) ------------------------------------------------------------
+
+#: Registered clients (SMART Backend Services): the organisation they act for, the public keys
+#: their client assertions are signed with, the scopes and roles they may ask for. A client
+#: with `mtls` set is also accepted by organisation certificate (URA in the subjectAltName).
+auth_client = Table(
+    "auth_client",
+    metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("org", String(64), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("jwks", CONTENT, nullable=True),
+    #: Space-separated SMART scopes the client may be granted.
+    Column("scope", String(2000), nullable=False),
+    #: Space-separated roles its users may act in.
+    Column("roles", String(255), nullable=False),
+    Column("mtls", Boolean, nullable=False, default=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created", TIME, nullable=False),
+    Index("ix_auth_client_org", "org"),
+)
+
+#: `jti` of client assertions seen, kept until they expire: a replayed assertion is refused.
+auth_jti = Table(
+    "auth_jti",
+    metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("jti", String(255), primary_key=True),
+    Column("expires", TIME, nullable=False),
+    Index("ix_auth_jti_expires", "expires"),
+)
+
+# -- audit (ekd.audit) --------------------------------------------------------------------------
+
+#: NEN 7513 audit records. Append-only: ekd never updates or deletes a row. Each record's
+#: `hash` covers its content and the previous record's hash of the same organisation
+#: (`prev_hash`), so an edited or removed record breaks the chain (`ekd audit verify`).
+audit_event = Table(
+    "audit_event",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    #: The FHIR id of the AuditEvent.
+    Column("id", String(64), nullable=False),
+    Column("org", String(64), nullable=False),
+    Column("recorded", TIME, nullable=False),
+    Column("action", String(1), nullable=False),
+    Column("subtype", String(64), nullable=False),
+    Column("outcome", String(2), nullable=False),
+    Column("user_id", String(128), nullable=True),
+    Column("client_id", String(128), nullable=False),
+    Column("content", CONTENT, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    UniqueConstraint("id", name="uq_audit_event_id"),
+    Index("ix_audit_event_org_recorded", "org", "recorded"),
+    Index("ix_audit_event_org_user", "org", "user_id", "recorded"),
+)
+
+#: The patients an audit record is about. The BSN is kept here only (never in the AuditEvent
+#: shown over FHIR, never in logs); it is part of the hashed record.
+audit_patient = Table(
+    "audit_patient",
+    metadata,
+    Column("audit_pk", PK, ForeignKey("audit_event.pk"), nullable=False),
+    Column("org", String(64), nullable=False),
+    Column("patient", String(128), nullable=False),
+    Column("bsn", String(16), nullable=True),
+    Index("ix_audit_patient_org_patient", "org", "patient"),
+    Index("ix_audit_patient_audit", "audit_pk"),
+)
+
+#: The newest record of each organisation's chain. Appending locks this row, which puts the
+#: organisation's records in one order; `ekd audit verify` also checks that no record after
+#: the head is missing.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("org", String(64), primary_key=True),
+    Column("last_pk", PK, nullable=False),
+    Column("hash", String(64), nullable=False),
 )
