@@ -44,4 +44,8 @@ class AuditRecord:
     operation: str | None = None
     #: Why it failed, for failures (an OperationOutcome's first diagnostics).
     description: str | None = None
+    #: The FHIR base URL of this server (the BALP "server" agent's network address).
+    server: str | None = None
+    #: X-Request-Id of the HTTP request, to correlate with access logs (BALP transaction entity).
+    request_id: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
