@@ -81,9 +81,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     #: Requests per minute per client (token or certificate) and per address at /auth/token;
     #: 0 turns rate limiting off.
-    rate_limit: int = 1200
+    rate_limit: int = 60_000
     #: Requests a client may send in one burst above its steady rate.
-    rate_burst: int = 200
+    rate_burst: int = 10_000
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -111,8 +111,8 @@ class Settings:
             tls_client_ca=os.environ.get("EKD_TLS_CLIENT_CA", ""),
             cors_origins=tuple(o.strip() for o in os.environ.get("EKD_CORS_ORIGINS", "").split(",")
                                if o.strip()),
-            rate_limit=_env_int("EKD_RATE_LIMIT", 1200),
-            rate_burst=_env_int("EKD_RATE_BURST", 200),
+            rate_limit=_env_int("EKD_RATE_LIMIT", 60_000),
+            rate_burst=_env_int("EKD_RATE_BURST", 10_000),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **clean) if clean else settings

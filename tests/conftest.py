@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from ekd.api.app import build_services, create_app
+from ekd.api.app import build_services
 from ekd.config import Settings
 from ekd.interaction.base import Services
 from ekd.store.database import Database
+from tests.app_helpers import fhir_client
 from tests.db_helpers import empty_database, scratch_database
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -78,10 +79,11 @@ def database(request: pytest.FixtureRequest) -> Iterator[Database]:
 
 
 @pytest.fixture
-def settings(database: Database) -> Settings:
-    """A generic FHIR server: the JGZ profile rules are off (tests of them switch them on)."""
+def settings(database: Database, tmp_path: Path) -> Settings:
+    """A generic FHIR server: the JGZ profile rules are off (tests of them switch them on).
+    Token signing keys are generated into the test's own folder."""
     return Settings(database_url=str(database.url), base_url="http://testserver/fhir",
-                    jgz_enforce=False)
+                    jgz_enforce=False, key_dir=str(tmp_path / "keys"))
 
 
 @pytest.fixture
@@ -91,7 +93,8 @@ def services(database: Database, settings: Settings) -> Services:
 
 @pytest.fixture
 def client(services: Services) -> Iterator[TestClient]:
-    with TestClient(create_app(services=services), raise_server_exceptions=False) as c:
+    """A client of the test organisation, as a machine client allowed everything."""
+    with fhir_client(services) as c:
         yield c
 
 

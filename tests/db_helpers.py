@@ -32,10 +32,14 @@ def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
-def empty_database(db: Database) -> None:
-    """Delete every resource, version, index, audit and client row (the schema stays)."""
+def empty_database(db: Database, *, clients: bool = True) -> None:
+    """Delete every resource, version, index and audit row, and (unless `clients` is False,
+    for a test that empties the database between requests of one client) registered clients
+    (the schema stays)."""
     tables = [*INDEX_TABLES, "reindex_job", "resource_version", "resource", "audit_patient",
-              "audit_event", "audit_head", "auth_jti", "auth_client"]
+              "audit_event", "audit_head"]
+    if clients:
+        tables += ["auth_jti", "auth_client"]
     with db.engine.begin() as conn:
         if db.dialect == "postgresql":
             conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,13 +42,21 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_starts_on_an_empty_database_and_says_where(tmp_path: Path, workers: int) -> None:
+    """Development mode on a fresh machine: keys and a local client are made, a token is
+    printed, and only requests with it get data."""
     port = _free_port()
-    env = {**os.environ, "EKD_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}"}
+    env = {**os.environ, "EKD_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+           "EKD_KEY_DIR": str(tmp_path / "keys")}
+    env.pop("EKD_MODE", None)
     env["EKD_JGZ_ENFORCE"] = "false"  # a plain Patient below; the JGZ rules are tested elsewhere
     proc = subprocess.Popen(
         [sys.executable, "-m", "ekd", "serve", "--port", str(port), "--workers", str(workers)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -59,14 +68,32 @@ def test_serve_starts_on_an_empty_database_and_says_where(tmp_path: Path, worker
                     raise
                 time.sleep(0.2)
         assert r.status_code == 200 and r.json()["fhirVersion"] == "4.0.1"
-        created = httpx.post(f"http://127.0.0.1:{port}/fhir/Patient",
-                             json={"resourceType": "Patient", "gender": "female"})
+        token = next(line.strip()[len("TOKEN="):] for line in list(lines)
+                     if line.startswith("TOKEN="))
+        patient = {"resourceType": "Patient", "gender": "female"}
+        anonymous = httpx.post(f"http://127.0.0.1:{port}/fhir/Patient", json=patient)
+        assert anonymous.status_code == 401
+        created = httpx.post(f"http://127.0.0.1:{port}/fhir/Patient", json=patient,
+                             headers={"Authorization": f"Bearer {token}"})
         assert created.status_code == 201
     finally:
         proc.terminate()
-        output = proc.communicate(timeout=10)[0]
+        proc.wait(timeout=10)
+        reader.join(timeout=5)
+    output = "".join(lines)
     assert f"http://127.0.0.1:{port}/fhir" in output
     assert "serve.db" in output
+    assert "development mode" in output
+    assert (tmp_path / "keys").is_dir()
+
+
+def test_serve_refuses_production_without_keys(tmp_path: Path) -> None:
+    env = {**os.environ, "EKD_DATABASE_URL": f"sqlite:///{tmp_path / 'prod.db'}",
+           "EKD_KEY_DIR": str(tmp_path / "keys"), "EKD_MODE": "production"}
+    result = subprocess.run([sys.executable, "-m", "ekd", "serve", "--port", str(_free_port())],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "signing key" in (result.stdout + result.stderr)
 
 
 def test_validate_command_exit_codes(tmp_path: Path) -> None:

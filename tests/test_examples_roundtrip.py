@@ -24,9 +24,9 @@ from dataclasses import replace
 import pytest
 from fastapi.testclient import TestClient
 
-from ekd.api.app import create_app
 from ekd.interaction.base import Services
 from ekd.store.database import Database
+from tests.app_helpers import fhir_client
 from tests.examples_corpus import (
     CATEGORIES,
     EXAMPLES_TGZ,
@@ -177,6 +177,15 @@ KNOWN_EXCEPTIONS: dict[str, tuple[str, str]] = {
         "Questionnaire.item.linkId is 1..1 in R4 (StructureDefinition-Questionnaire.json in this "
         "package) as in R4B; all 32 validation errors are these missing linkIds",
     ),
+    # The audit log is written by the server alone (NEN 7513, #6): clients cannot store
+    # AuditEvents, these examples included.
+    **{f"AuditEvent-{name}.json": (
+        "rejected: 405 AuditEvents are written by the server only",
+        "AuditEvents are the server's own append-only audit log; clients may only read and "
+        "search them",
+    ) for name in ("example-disclosure", "example-error", "example-login", "example-logout",
+                   "example-media", "example-pixQuery", "example-rest", "example-search",
+                   "example")},
 }
 
 
@@ -233,7 +242,7 @@ BODY_LIMIT = 64 * 1024 * 1024
 @pytest.fixture
 def client(services: Services) -> Iterator[TestClient]:
     roomy = replace(services, settings=replace(services.settings, max_body_bytes=BODY_LIMIT))
-    with TestClient(create_app(services=roomy), raise_server_exceptions=False) as c:
+    with fhir_client(roomy) as c:
         yield c
 
 

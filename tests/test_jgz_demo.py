@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from ekd.cli.demo import demo_data, post_bundles
 from ekd.jgz import BDS_ELEMENTS, demo, value_list_system
+from tests.app_helpers import fhir_client
 
 REF = dt.date(2026, 11, 1)
 BSN = "http://fhir.nl/fhir/NamingSystem/bsn"
@@ -221,12 +222,12 @@ def test_loading_through_the_api(client: TestClient) -> None:
 
 def test_loading_with_jgz_enforcement_on(database, settings) -> None:
     """The server's JGZ rules (every resource must meet the profile that fits it) accept it."""
-    from ekd.api.app import build_services, create_app
+    from ekd.api.app import build_services
 
     if not hasattr(settings, "jgz_enforce"):
         pytest.skip("this ekd has no JGZ enforcement setting")
     services = build_services(dataclasses.replace(settings, jgz_enforce=True), database)
-    with TestClient(create_app(services=services), raise_server_exceptions=False) as client:
+    with fhir_client(services) as client:
         assert post_bundles(client, "/fhir", [demo.shared_bundle()]).rejected == 0
         result = post_bundles(client, "/fhir", demo.generate(3, seed=2, reference_date=REF))
     assert result.rejected == 0, result.first_error

@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 from fastapi.testclient import TestClient
 
-from ekd.api.app import create_app
 from ekd.interaction.base import Services
 from ekd.jgz.enforcement import JgzProfiles
 from tests import test_jgz_profiles as examples
+from tests.app_helpers import fhir_client
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def jgz_client(services: Services) -> Iterator[TestClient]:
     selector = JgzProfiles(services.definitions, services.terminology).select
     jgz = replace(services, settings=replace(services.settings, jgz_enforce=True),
                   profile_selector=selector)
-    with TestClient(create_app(services=jgz), raise_server_exceptions=False) as c:
+    with fhir_client(jgz) as c:
         yield c
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from ekd.api.app import create_app
 from ekd.interaction.base import Services
 from ekd.jgz.enforcement import JgzProfiles
 from ekd.jgz.growth import GrowthReferences
 from ekd.jgz.plausibility import GrowthPlausibility
 from tests import test_jgz_profiles as examples
+from tests.app_helpers import fhir_client
 
 REFERENCES = Path(__file__).resolve().parents[2] / "shared/growth/references/nl1997"
 OO = {"Prefer": "return=OperationOutcome"}
@@ -39,7 +39,7 @@ def jgz_client(services: Services, references: GrowthReferences) -> Iterator[Tes
     jgz = replace(services, settings=replace(services.settings, jgz_enforce=True),
                   profile_selector=JgzProfiles(services.definitions, services.terminology).select,
                   checks=(GrowthPlausibility(references).check,))
-    with TestClient(create_app(services=jgz), raise_server_exceptions=False) as c:
+    with fhir_client(jgz) as c:
         yield c
 
 

@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 from fastapi.testclient import TestClient
 
-from ekd.api.app import create_app
 from ekd.interaction.base import Services
+from tests.app_helpers import fhir_client
 from tests.fhir_helpers import patient
 
 PROFILE = "http://example.org/fhir/StructureDefinition/kind-met-geboortedatum"
@@ -53,8 +53,7 @@ def test_posted_profile_is_enforced_without_restart(client: TestClient) -> None:
 @pytest.fixture
 def strict_client(services: Services) -> Iterator[TestClient]:
     settings = replace(services.settings, required_profiles={"Patient": (PROFILE,)})
-    with TestClient(create_app(services=replace(services, settings=settings)),
-                    raise_server_exceptions=False) as c:
+    with fhir_client(replace(services, settings=settings)) as c:
         yield c
 
 

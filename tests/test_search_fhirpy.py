@@ -42,7 +42,8 @@ def fhir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     else:
         url = request.getfixturevalue("scratch_postgresql")
     with running(ekd_server(url, workdir, f"ekd-{request.param}")) as server:
-        yield SyncFHIRClient(f"http://127.0.0.1:{server.port}/fhir")
+        yield SyncFHIRClient(f"http://127.0.0.1:{server.port}/fhir",
+                             authorization=f"Bearer {server.token()}")
 
 
 def _tag() -> str:

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import pytest
 from fastapi.testclient import TestClient
 
-from ekd.api.app import PROJECT_DEFINITIONS, build_services, create_app
+from ekd.api.app import PROJECT_DEFINITIONS, build_services
 from ekd.config import Settings
 from ekd.definitions.seed import seed
 from ekd.interaction.base import Services
 from ekd.jgz import BDS_ELEMENTS, demo, profile_url, value_list_system
 from ekd.search.parameters import SearchParameters
 from ekd.store.database import Database
+from tests.app_helpers import fhir_client
 
 REF = dt.date(2026, 11, 1)
 SEED = 1
@@ -182,7 +183,7 @@ def dossiers(database: Database, jgz_settings: Settings,
     """The shared organisations and the three children, stored with the JGZ rules on."""
     services = build_services(jgz_settings, database)
     assert services.profile_selector is not None
-    with TestClient(create_app(services=services), raise_server_exceptions=False) as client:
+    with fhir_client(services) as client:
         stored: list[dict] = []
         for bundle in [demo.shared_bundle(), *children.values()]:
             r = client.post("/fhir", json=bundle)

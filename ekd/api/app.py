@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from ekd import __version__
-from ekd.api import errors, fhir
+from ekd.api import auth, errors, fhir, middleware
+from ekd.api.identify import Identify
 from ekd.config import Settings
 from ekd.definitions.registry import Registry
 from ekd.definitions.sync import load_stored, start_polling
@@ -24,6 +25,8 @@ from ekd.jgz.growth import GrowthReferences
 from ekd.jgz.plausibility import GrowthPlausibility
 from ekd.search.execute import SearchService
 from ekd.search.parameters import SearchParameters
+from ekd.security.ratelimit import RateLimiter
+from ekd.security.service import Security, default_issuer
 from ekd.store.database import Database
 from ekd.terminology.service import TerminologyService
 from ekd.validation import Validator
@@ -116,8 +119,12 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     )
 
 
-def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, services: Services | None = None,
+               security: Security | None = None) -> FastAPI:
     services = services or build_services(settings or Settings.from_env())
+    settings = services.settings
+    security = security or Security.build(settings, services.db,
+                                          issuer=default_issuer(settings))
     app = FastAPI(
         title="ekd",
         version=__version__,
@@ -125,8 +132,12 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         "The FHIR base is /fhir; the CapabilityStatement is at /fhir/metadata.",
     )
     app.state.services = services
+    app.state.security = security
     errors.install(app)
-    serve = fhir.endpoint(services)
+    middleware.install(app, settings)
+    app.include_router(auth.router(security, settings))
+    identify = Identify(security, RateLimiter(settings.rate_limit, settings.rate_burst))
+    serve = fhir.endpoint(services, identify)
     app.include_router(fhir.router(serve))
     app.router.routes[:0] = fhir.dispatch_routes(serve)
 

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
 from ekd.api.formats import MEDIA, parse_body, render, request_format, response_format
+from ekd.api.identify import Identify
 from ekd.errors import InvalidRequest, PayloadTooLarge
 from ekd.interaction import route
 from ekd.interaction.base import FhirRequest, FhirResponse, Services, versioned_url
@@ -132,11 +133,15 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def endpoint(services: Services) -> Endpoint:
-    """The one handler behind every FHIR URL."""
+def endpoint(services: Services, identify: Identify) -> Endpoint:
+    """The one handler behind every FHIR URL: every request but the CapabilityStatement
+    names its caller (token or certificate) before anything else happens."""
     limit = services.settings.max_body_bytes
 
     async def serve(request: Request) -> Response:
+        principal = None
+        if request.url.path.rstrip("/") != PREFIX + "/metadata":
+            principal = identify(request, base_url(services, request))
         params = parse_qsl(request.url.query, keep_blank_values=True)
         get = dict(params).get
         request.state.pretty = get("_pretty") == "true"
@@ -152,6 +157,7 @@ def endpoint(services: Services) -> Endpoint:
                  "content-type")
         headers = {n: request.headers.get(n) for n in names}
         req = _fhir_request(services, request, params, headers)
+        req.principal = principal
         if route.runs_inline(req):
             resp = _run(services, req, body, headers["content-type"])
         else:

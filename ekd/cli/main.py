@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 
 from ekd import FHIR_VERSION, __version__
+from ekd.cli.audit import app as audit_app
+from ekd.cli.auth import client_app, keys_app, token_app
 from ekd.cli.bds import app as bds_app
 from ekd.cli.conformance import app as conformance_app
 from ekd.cli.demo import demo_data as demo_data_command
@@ -24,6 +26,10 @@ db_app = typer.Typer(help="Database schema (migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(conformance_app, name="conformance")
 app.add_typer(bds_app, name="bds")
+app.add_typer(audit_app, name="audit")
+app.add_typer(client_app, name="client")
+app.add_typer(keys_app, name="keys")
+app.add_typer(token_app, name="token")
 app.command("demo-data")(demo_data_command)
 app.command("validate")(validate_command)
 app.command("reindex")(reindex_command)
@@ -54,6 +60,12 @@ def serve(
     database_url: DatabaseUrl = None,
     workers: Annotated[int, typer.Option(help="Server processes (one per core is a good start).",
                                          envvar="EKD_WORKERS", min=1)] = 1,
+    mode: Annotated[str | None, typer.Option(
+        help="development: create signing keys and a local client, print a token. "
+             "production: refuse to start without keys and registered clients.",
+        envvar="EKD_MODE", show_default="development")] = None,
+    dev_role: Annotated[str, typer.Option(
+        help="Role of the development token printed at start.")] = "jeugdarts",
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Start the FHIR server (migrates an empty database first)."""
@@ -61,25 +73,101 @@ def serve(
 
     import uvicorn
 
+    from ekd.api.tls import TLSConfigError, uvicorn_tls_options
     from ekd.store.database import Database
 
-    settings = _settings(database_url, host=host, port=port)
+    if mode is not None and mode.lower() not in ("development", "production"):
+        raise typer.BadParameter("development or production", param_hint="--mode")
+    settings = _settings(database_url, host=host, port=port,
+                         mode=mode.lower() if mode else None)
+    try:
+        tls = uvicorn_tls_options(settings)
+    except TLSConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    scheme = "https" if tls else "http"
     db = Database(settings.database_url)
     console.print(f"[bold]ekd {__version__}[/bold] FHIR R{FHIR_VERSION}")
     console.print(f"  database    {db.display_url}")
     _ensure_schema(db)
     _seed_definitions(settings, db)
+    base = settings.base_url or f"{scheme}://{settings.host}:{settings.port}/fhir"
+    _security(settings, db, base, dev_role)
     db.dispose()
     # Worker processes build their app from the environment (ekd.api.app:app_from_env).
     os.environ["EKD_DATABASE_URL"] = settings.database_url
     os.environ["EKD_WORKERS"] = str(workers)
-    base = settings.base_url or f"http://{settings.host}:{settings.port}/fhir"
+    os.environ["EKD_MODE"] = settings.mode
+    # The token issuer is derived from where the server listens: workers must agree.
+    os.environ["EKD_HOST"], os.environ["EKD_PORT"] = settings.host, str(settings.port)
     console.print(f"  FHIR base   {base}")
-    console.print(f"  OpenAPI     http://{settings.host}:{settings.port}/docs")
+    console.print(f"  OpenAPI     {scheme}://{settings.host}:{settings.port}/docs")
+    if settings.tls_client_ca:
+        console.print("  mutual TLS  organisation certificates accepted "
+                      f"(CA {settings.tls_client_ca})")
     if workers > 1:
         console.print(f"  workers     {workers}")
     uvicorn.run("ekd.api.app:app_from_env", factory=True, host=settings.host,
-                port=settings.port, workers=workers, log_level=log_level, access_log=False)
+                port=settings.port, workers=workers, log_level=log_level, access_log=False,
+                log_config=_log_config(log_level), **tls)
+
+
+def _security(settings: Settings, db: object, base: str, dev_role: str) -> None:
+    """Production: keys and clients must be there. Development: make them, print a token."""
+    from ekd.security.principal import Role
+    from ekd.security.service import (
+        DEV_USER_ID,
+        DEV_USER_NAME,
+        Security,
+        SecurityConfigError,
+        default_issuer,
+    )
+    from ekd.security.tokens import TokenError
+
+    try:
+        security = Security.build(settings, db, issuer=default_issuer(settings))  # type: ignore[arg-type]
+    except SecurityConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    token_url = base.removesuffix("/fhir") + "/auth/token"
+    if settings.mode == "production":
+        console.print(f"  auth        production; {len(security.keys)} signing key(s), "
+                      f"tokens at {token_url}")
+        return
+    try:
+        role = Role(dev_role)
+        client = security.dev_client()
+        user = None if role is Role.SYSTEM else DEV_USER_ID
+        token = security.tokens.mint(client.client_id, role=role, audience=base, user_id=user,
+                                     user_name=DEV_USER_NAME if user else None,
+                                     lifetime=DEV_TOKEN_LIFETIME)
+    except (ValueError, TokenError) as exc:
+        console.print(f"[red]No development token for role {dev_role!r}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"  auth        [yellow]development mode[/yellow] (EKD_MODE=production for "
+                  f"real use); keys in {settings.key_dir}, tokens at {token_url}")
+    console.print(f"              client {client.client_id}, organisation URA {client.org}; "
+                  f"more tokens: ekd token create --role <role>")
+    console.print(f"  token       {role.value}, valid {DEV_TOKEN_LIFETIME // 3600} h; send it as "
+                  "Authorization: Bearer $TOKEN")
+    # The token alone on its own line, so it can be copied or cut out by scripts.
+    console.print(f"TOKEN={token}", highlight=False, soft_wrap=True)
+
+
+#: A development token lasts a working day (tokens from /auth/token: EKD_TOKEN_LIFETIME).
+DEV_TOKEN_LIFETIME = 8 * 3600
+
+
+def _log_config(level: str) -> dict:
+    """uvicorn's logging plus ekd's own loggers (the access log and warnings) on stderr."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["ekd"] = {"handlers": ["default"], "level": level.upper(),
+                                "propagate": False}
+    return config
 
 
 def _seed_definitions(settings: Settings, db: object) -> None:

@@ -87,3 +87,15 @@ def is_resource_type(name: str) -> bool:
 
 def is_valid_id(value: object) -> bool:
     return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+#: Conformance, terminology and knowledge resources: shared by every organisation (stored
+#: without an owner), readable by all authenticated clients. Everything else belongs to the
+#: organisation that holds the dossier.
+SHARED_TYPES = frozenset({
+    "CapabilityStatement", "StructureDefinition", "ImplementationGuide", "SearchParameter",
+    "MessageDefinition", "OperationDefinition", "CompartmentDefinition", "StructureMap",
+    "GraphDefinition", "ExampleScenario", "CodeSystem", "ValueSet", "ConceptMap",
+    "NamingSystem", "TerminologyCapabilities", "Questionnaire", "ActivityDefinition",
+    "PlanDefinition", "Library", "Measure",
+})

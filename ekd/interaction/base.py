@@ -13,6 +13,8 @@ from ekd.fhir.resource_types import is_resource_type, is_valid_id
 from ekd.search.execute import SearchService
 from ekd.search.index import Indexer
 from ekd.search.parameters import SearchParameters
+from ekd.security import policy
+from ekd.security.principal import Principal
 from ekd.store.database import Database
 from ekd.store.resources import ResourceStore, Stored
 from ekd.terminology.service import TerminologyService
@@ -35,8 +37,9 @@ class Services:
     #: Search parameters in force and the queries over their index tables.
     search: SearchService = field(default_factory=lambda: SearchService(SearchParameters()))
 
-    def store(self, conn) -> ResourceStore:
-        return ResourceStore(conn, indexer=Indexer(self.search.parameters))
+    def store(self, conn, org: str | None = None) -> ResourceStore:
+        """A store on `conn`, scoped to `org` (None: the server's own, unscoped work)."""
+        return ResourceStore(conn, indexer=Indexer(self.search.parameters), org=org)
 
 
 @dataclass
@@ -62,6 +65,17 @@ class FhirRequest:
     prefer_strict: bool = False
     #: Server-chosen id for a create inside a transaction (its urn:uuid is already mapped to it).
     assigned_id: str | None = None
+    #: Who asks. None only for the server's own work (seeding, command-line tools): such
+    #: requests are neither scoped to an organisation nor audited.
+    principal: Principal | None = None
+
+    @property
+    def org(self) -> str | None:
+        return self.principal.org if self.principal is not None else None
+
+    def may_read(self, rtype: str) -> bool:
+        """Whether results of this type may be shown (`_include`, `$everything`, history)."""
+        return self.principal is None or policy.allows(self.principal, rtype, "r")
 
     def param(self, name: str) -> str | None:
         for key, value in self.params:
@@ -82,6 +96,9 @@ class FhirResponse:
     issues: list[Issue] = field(default_factory=list)
     #: The response of a write (create/update/patch/delete): `Prefer: return=` applies.
     write: bool = False
+    #: Resources the interaction showed or changed, for the audit log (search matches and
+    #: includes, history versions, a deleted resource's last content).
+    touched: list[Stored] = field(default_factory=list)
 
 
 def require_type(rtype: str | None) -> str:

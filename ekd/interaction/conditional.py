@@ -25,7 +25,7 @@ def find(search: SearchService, store: ResourceStore, rtype: str,
     if not query.criteria:
         raise InvalidRequest("A conditional interaction needs search criteria, not only "
                              "result parameters")
-    return store.current_many(search.matching_pks(store.conn, query, limit=2))
+    return store.current_many(search.matching_pks(store, query, limit=2))
 
 
 def find_query(search: SearchService, store: ResourceStore, rtype: str, query_string: str

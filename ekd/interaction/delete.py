@@ -26,4 +26,4 @@ def delete(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRe
     if current is None or current.deleted:
         return FhirResponse(204, None, None, write=True)
     stored = guarded(req, lambda: store.delete(current))
-    return FhirResponse(204, None, stored, write=True)
+    return FhirResponse(204, None, stored, write=True, touched=[current])

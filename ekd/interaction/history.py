@@ -60,6 +60,9 @@ def history(services: Services, store: ResourceStore, req: FhirRequest) -> FhirR
     versions = store.history(rtype, req.id, since=since, at_or_before_seq=page_at,
                              limit=count + 1)
     page, rest = versions[:count], versions[count:]
+    # System history spans every type: versions the caller's role may not read are left out
+    # (the page may then be shorter than _count; the next link still continues after it).
+    page = [v for v in page if req.may_read(v.type)]
     path = "/".join(p for p in (rtype, req.id, "_history") if p)
     keep = [(k, v) for k, v in req.params if k in ("_count", "_since")]
     links = [("self", page_url(req.base, path, keep + (
@@ -67,4 +70,4 @@ def history(services: Services, store: ResourceStore, req: FhirRequest) -> FhirR
     if rest:
         links.append(("next", page_url(req.base, path, [*keep, ("_page_at", str(rest[0].seq))])))
     body = bundle("history", [_entry(req.base, v) for v in page], total=total, links=links)
-    return FhirResponse(200, body)
+    return FhirResponse(200, body, touched=page)

@@ -29,6 +29,8 @@ class Operation:
     affects_state: bool = False
     #: Canonical URL of its OperationDefinition (for the CapabilityStatement).
     definition: str | None = None
+    #: What the caller must be allowed to do on the type it runs on (ekd.security.policy).
+    permission: str = "r"
 
     def level_of(self, req: FhirRequest) -> str:
         return "instance" if req.id else "type" if req.type else "system"

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
 
-from ekd.errors import InvalidRequest, MethodNotAllowed, NotFound, NotSupported
+from ekd.audit import log
+from ekd.errors import FhirError, InvalidRequest, MethodNotAllowed, NotFound, NotSupported
+from ekd.interaction import audit, audit_event
 from ekd.interaction.base import FhirRequest, FhirResponse, Services, require_type
 from ekd.interaction.create import create
 from ekd.interaction.delete import delete
@@ -19,6 +21,7 @@ from ekd.interaction.patch import patch
 from ekd.interaction.read import read, vread
 from ekd.interaction.search import search
 from ekd.interaction.update import update
+from ekd.security import policy
 from ekd.store.resources import ResourceStore, VersionConflict
 
 Interaction = Callable[[Services, ResourceStore, FhirRequest], FhirResponse]
@@ -88,6 +91,8 @@ def select(req: FhirRequest) -> Interaction:
 
         return find(req).handler
     m, op = req.method, req.path_op
+    if req.type == "AuditEvent":
+        return audit_event.select(req)
     if req.type is None:
         if op == "_history" and m == "GET":
             return history
@@ -128,9 +133,11 @@ SINGLE_STATEMENT: frozenset[Interaction] = frozenset({read, vread})
 def runs_inline(req: FhirRequest) -> bool:
     """read/vread: one indexed statement. A hop to a worker thread costs more than the read
     itself (~0.3 ms), so the HTTP layer runs these on the event loop; everything else that
-    touches the database (writes, search, history, Bundles, operations) goes to the pool."""
-    return (req.method == "GET" and req.operation is None and req.type is not None
-            and req.id is not None and select(req) in SINGLE_STATEMENT)
+    touches the database (writes, search, history, Bundles, operations) goes to the pool.
+    Audited reads write a record too, so they go to the pool as well."""
+    return (req.principal is None and req.method == "GET" and req.operation is None
+            and req.type is not None and req.id is not None
+            and select(req) in SINGLE_STATEMENT)
 
 
 def is_read_only(req: FhirRequest) -> bool:
@@ -141,30 +148,91 @@ def is_read_only(req: FhirRequest) -> bool:
     return req.method in ("GET", "HEAD") or req.path_op == "_search"
 
 
+def permission(req: FhirRequest, interaction: Interaction) -> str:
+    """The actions (SMART c/r/u/d/s) a request needs on its resource type."""
+    if req.operation is not None:
+        from ekd.interaction.operation import find
+
+        return find(req).permission
+    conditional = req.id is None
+    if interaction in (read, vread):
+        return "r"
+    if interaction is history:
+        return "r" if req.id is not None else "s"
+    if interaction is create:
+        return "cs" if req.if_none_exist else "c"
+    if interaction is update:
+        return "us" if conditional else "u"
+    if interaction is patch:
+        return "us" if conditional else "u"
+    if interaction is delete:
+        return "ds" if conditional else "d"
+    if interaction is search or interaction is audit_event.search:
+        return "s"
+    return "r"
+
+
+def authorise(req: FhirRequest, interaction: Interaction) -> None:
+    """The one place where the permission matrix is enforced (ekd.security.policy)."""
+    if req.principal is None or req.type is None:
+        return  # system history filters per type; Bundles are checked entry by entry
+    policy.check(req.principal, req.type, permission(req, interaction))
+
+
 def execute(services: Services, store: ResourceStore, req: FhirRequest) -> FhirResponse:
-    """Run one interaction inside the caller's transaction."""
-    return select(req)(services, store, req)
+    """Run one interaction inside the caller's transaction (a transaction Bundle's entry)."""
+    interaction = select(req)
+    authorise(req, interaction)
+    return interaction(services, store, req)
 
 
 def handle(services: Services, req: FhirRequest) -> FhirResponse:
-    """Run one request in its own transaction (Bundles manage their own)."""
+    """Run one request in its own transaction (Bundles manage their own), audited when a
+    caller (not the server itself) asks: a write's record is committed with the write, a
+    read's before the response is sent, a failure's after the rollback."""
     if req.type is None and req.path_op is None and req.operation is None:
         if req.method == "POST":
             from ekd.interaction.transaction import process
 
             return process(services, req)
         raise NotSupported("Searching across all resource types is not supported yet")
+    if req.principal is None:
+        return _handle(services, req, audited=False)
+    try:
+        return _handle(services, req, audited=True)
+    except FhirError as exc:
+        with services.db.write() as conn:
+            log.append(conn, [audit.failure(req, exc)])
+        raise
+
+
+def _handle(services: Services, req: FhirRequest, *, audited: bool) -> FhirResponse:
     interaction = select(req)
-    if interaction in SINGLE_STATEMENT:
+    authorise(req, interaction)
+    if not audited and interaction in SINGLE_STATEMENT:
         with services.db.autocommit() as conn:
             return interaction(services, services.store(conn), req)
     if is_read_only(req):
+        if audited and services.db.dialect != "sqlite":
+            # One transaction for the read and its record: PostgreSQL takes both in stride.
+            with services.db.write() as conn:
+                resp = interaction(services, services.store(conn, req.org), req)
+                log.append(conn, [audit.record(req, resp)])
+            return resp
         with services.db.read() as conn:
-            return interaction(services, services.store(conn), req)
+            resp = interaction(services, services.store(conn, req.org), req)
+        if audited:
+            # SQLite cannot turn a read transaction into a write one once another writer
+            # committed: the record gets a write transaction of its own.
+            with services.db.write() as conn:
+                log.append(conn, [audit.record(req, resp)])
+        return resp
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             with services.db.write() as conn:
-                resp = interaction(services, services.store(conn), req)
+                resp = interaction(services, services.store(conn, req.org), req)
+                if audited:
+                    log.append(conn, [audit.record(req, resp)])
             committed(services, [resp])
             return resp
         except VersionConflict:

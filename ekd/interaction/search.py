@@ -21,18 +21,21 @@ def search(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRe
                                   max_count=settings.max_page_size)
     count = settings.default_page_size if query.count is None else query.count
     entries: list[dict] = []
+    touched: list[Stored] = []
     links: list[tuple[str, str]] = []
     total: int | None = None
     if query.summary == "count" or count == 0:
         if query.total != "none":
             total = (services.search.estimate if query.total == "estimate"
-                     else services.search.count)(store.conn, query, req.base)
+                     else services.search.count)(store, query, req.base)
         links.append(("self", page_url(req.base, rtype, query.used)))
     else:
         page = services.search.page(store, query, count, req.base)
         total = page.total
+        included = [s for s in page.included if req.may_read(s.type)]
         entries = [_entry(req.base, s, query, "match") for s in page.matches]
-        entries += [_entry(req.base, s, query, "include") for s in page.included]
+        entries += [_entry(req.base, s, query, "include") for s in included]
+        touched = page.matches + included
         links.append(("self", page_url(req.base, rtype, _with(query, query.cursor))))
         if page.next:
             links.append(("next", page_url(req.base, rtype, _with(query, page.next))))
@@ -44,7 +47,8 @@ def search(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRe
                          "issue": [i.to_fhir() for i in query.warnings]},
             "search": {"mode": "outcome"},
         })
-    return FhirResponse(200, bundle("searchset", entries, total=total, links=links))
+    return FhirResponse(200, bundle("searchset", entries, total=total, links=links),
+                        touched=touched)
 
 
 def _entry(base: str, stored: Stored, query: SearchQuery, mode: str) -> dict:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
+from ekd.audit import log
 from ekd.errors import FhirError, InvalidRequest, Issue, PayloadTooLarge, PreconditionFailed
-from ekd.interaction import conditional, route
+from ekd.interaction import audit, conditional, route
 from ekd.interaction.base import FhirRequest, FhirResponse, Services
 from ekd.interaction.bundle import bundle, response_entry
 from ekd.store.resources import ResourceStore, VersionConflict
@@ -56,6 +57,7 @@ def _entry_request(outer: FhirRequest, index: int, entry: object) -> FhirRequest
         if_none_match=request.get("ifNoneMatch"),
         if_none_exist=request.get("ifNoneExist"),
         prefer_return=outer.prefer_return,
+        principal=outer.principal,
     )
     resource = entry.get("resource")
     if method == "PATCH":
@@ -106,18 +108,34 @@ def process(services: Services, req: FhirRequest) -> FhirResponse:
             items.append((index, entry, _entry_request(req, index, entry)))
         except FhirError as exc:
             raise at_entry(exc, index) from None
-    for attempt in range(1, route.MAX_ATTEMPTS + 1):
-        try:
+    try:
+        responses = _run_transaction(services, req, items)
+    except FhirError as exc:
+        if req.principal is not None:
             with services.db.write() as conn:
-                responses = _transaction(services, services.store(conn), items)
-            route.committed(services, list(responses.values()))
-            break
-        except VersionConflict:
-            if attempt == route.MAX_ATTEMPTS:
-                raise
+                log.append(conn, [replace(audit.failure(req, exc), interaction="transaction")])
+        raise
     out = [response_entry(req.base, responses[i], prefer=req.prefer_return)
            for i in range(len(items))]
     return FhirResponse(200, bundle("transaction-response", out))
+
+
+def _run_transaction(services: Services, req: FhirRequest,
+                     items: list[tuple[int, dict, FhirRequest]]) -> dict[int, FhirResponse]:
+    """All entries in one database transaction; each entry's audit record commits with it."""
+    for attempt in range(1, route.MAX_ATTEMPTS + 1):
+        try:
+            with services.db.write() as conn:
+                responses = _transaction(services, services.store(conn, req.org), items)
+                if req.principal is not None:
+                    log.append(conn, [audit.record(entry_req, responses[index])
+                                      for index, _entry, entry_req in items])
+            route.committed(services, list(responses.values()))
+            return responses
+        except VersionConflict:
+            if attempt == route.MAX_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _batch(services: Services, req: FhirRequest, entries: list) -> FhirResponse:

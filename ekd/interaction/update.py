@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from ekd.errors import InvalidRequest
+from ekd.errors import Conflict, InvalidRequest
 from ekd.interaction import conditional
 from ekd.interaction.base import (
     FhirRequest,
@@ -72,6 +72,10 @@ def _update(
     check_if_match(req, current)
     warnings = validate(services, body, store)
     if current is None:
+        if store.scoped(rtype) and store.taken(rtype, rid):
+            # Ids are unique per type across the server; the holder stays anonymous.
+            raise Conflict(f"The id '{rid}' is not available for a new {rtype}; choose "
+                           "another id or let the server assign one (POST)")
         stored = store.create(rtype, rid, body, method="PUT")
         return FhirResponse(
             201, stored.content, stored, versioned_url(req.base, stored), warnings, write=True

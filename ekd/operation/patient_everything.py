@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ekd.errors import Gone, InvalidRequest, NotFound
 from ekd.fhir.datetime import parse_instant
-from ekd.fhir.resource_types import is_resource_type
+from ekd.fhir.resource_types import is_resource_type, resource_types
 from ekd.interaction.base import FhirRequest, FhirResponse, Services, full_url
 from ekd.interaction.bundle import bundle, page_url
 from ekd.interaction.operation import Operation
@@ -34,7 +34,7 @@ def everything_pks(services: Services, store: ResourceStore, patient_id: str, *,
     if patient.deleted:
         raise Gone(f"Patient/{patient_id} has been deleted")
     return services.search.compartment_pks(
-        store.conn, patient_id, types=types,
+        store, patient_id, types=types,
         since=parse_instant(since, "_since") if since else None, base=base)
 
 
@@ -52,6 +52,9 @@ def everything(services: Services, store: ResourceStore, req: FhirRequest) -> Fh
         if unknown:
             raise InvalidRequest(f"$everything: unknown resource type(s) {', '.join(unknown)}",
                                  expression="_type")
+    hidden = {t for t in resource_types() if not req.may_read(t)}
+    if hidden:  # a role that may not see some content gets the dossier without it
+        types = (types if types is not None else set(resource_types())) - hidden
     count = _count(params.get("_count"), services.settings.default_page_size,
                    services.settings.max_page_size)
     after = _cursor(params.get("_cursor"))
@@ -67,7 +70,8 @@ def everything(services: Services, store: ResourceStore, req: FhirRequest) -> Fh
         [("_cursor", str(after))] if after else [])))]
     if len(remaining) > count and page:
         links.append(("next", page_url(req.base, path, [*kept, ("_cursor", str(page[-1].pk))])))
-    return FhirResponse(200, bundle("searchset", entries, total=len(pks), links=links))
+    return FhirResponse(200, bundle("searchset", entries, total=len(pks), links=links),
+                        touched=page)
 
 
 def _count(raw: str | None, default: int, maximum: int) -> int:
@@ -92,4 +96,5 @@ OPERATION = Operation(
     levels=frozenset({"instance"}),
     types=frozenset({"Patient"}),
     definition="http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    permission="rs",
 )

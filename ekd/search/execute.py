@@ -80,34 +80,38 @@ class SearchService:
               max_count: int = 1000) -> SearchQuery:
         return Parser(self.parameters, strict=strict, max_count=max_count).parse(rtype, params)
 
-    def context(self, conn: Connection, base: str = "") -> sql.Context:
-        _plan_for_values(conn)
-        return sql.Context(conn.dialect.name, self.expand, base,
-                           self.parameters.single_valued)
+    def context(self, store: ResourceStore, base: str = "") -> sql.Context:
+        """Every search runs in a store's scope: the organisation it may see."""
+        _plan_for_values(store.conn)
+        return sql.Context(store.conn.dialect.name, self.expand, base,
+                           self.parameters.single_valued, store.org)
 
     def _select(self, ctx: sql.Context, query: SearchQuery, *columns) -> tuple:
         r = resource.alias("r")
         q = select(r.c.pk, *columns) if columns else select(r.c.pk)
         return r, q.where(r.c.type == query.type, r.c.deleted.is_(False),
+                          sql.visible(ctx, r, query.type),
                           *sql.where(ctx, r, query.type, query.criteria))
 
-    def matching_pks(self, conn: Connection, query: SearchQuery, *, limit: int | None = None,
-                     base: str = "") -> list[int]:
-        _, q = self._select(self.context(conn, base), query)
+    def matching_pks(self, store: ResourceStore, query: SearchQuery, *,
+                     limit: int | None = None, base: str = "") -> list[int]:
+        _, q = self._select(self.context(store, base), query)
         q = q.order_by("pk")
         if limit is not None:
             q = q.limit(limit)
-        return list(conn.execute(q).scalars())
+        return list(store.conn.execute(q).scalars())
 
-    def count(self, conn: Connection, query: SearchQuery, base: str = "") -> int:
-        _r, q = self._select(self.context(conn, base), query)
-        return int(conn.execute(select(func.count()).select_from(q.subquery())).scalar_one())
+    def count(self, store: ResourceStore, query: SearchQuery, base: str = "") -> int:
+        _r, q = self._select(self.context(store, base), query)
+        return int(store.conn.execute(
+            select(func.count()).select_from(q.subquery())).scalar_one())
 
-    def estimate(self, conn: Connection, query: SearchQuery, base: str = "") -> int:
+    def estimate(self, store: ResourceStore, query: SearchQuery, base: str = "") -> int:
         """The planner's row estimate on PostgreSQL (no scan); an exact count on SQLite."""
+        conn = store.conn
         if conn.dialect.name != "postgresql":
-            return self.count(conn, query, base)
-        _, q = self._select(self.context(conn, base), query)
+            return self.count(store, query, base)
+        _, q = self._select(self.context(store, base), query)
         compiled = q.compile(dialect=conn.dialect)
         plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled),
                                     compiled.params).scalar_one()
@@ -118,12 +122,12 @@ class SearchService:
     def page(self, store: ResourceStore, query: SearchQuery, count: int, base: str = ""
              ) -> Page:
         conn = store.conn
-        ctx = self.context(conn, base)
+        ctx = self.context(store, base)
         r = resource.alias("r")
         columns = sql.sort_columns(ctx, r, query.type, query.sort)
         cursor = Cursor.decode(query.cursor, columns) if query.cursor else None
         q = select(r.c.pk, *(c.expr for c in columns)).where(
-            r.c.type == query.type, r.c.deleted.is_(False),
+            r.c.type == query.type, r.c.deleted.is_(False), sql.visible(ctx, r, query.type),
             *sql.where(ctx, r, query.type, query.criteria))
         backwards = bool(cursor and cursor.backwards)
         if cursor is not None:
@@ -143,7 +147,7 @@ class SearchService:
         matches = store.current_many([row[0] for row in rows])
         high_water = cursor.high_water if cursor else self._high_water(conn)
         page = Page(matches)
-        page.total = cursor.total if cursor else self._first_total(conn, query, base, rows,
+        page.total = cursor.total if cursor else self._first_total(store, query, base, rows,
                                                                    more)
         if rows:
             first, last = rows[0], rows[-1]
@@ -156,26 +160,28 @@ class SearchService:
                 page.previous = Cursor(list(first[1:]), first[0], high_water, True,
                                        page.total).encode()
         if query.includes and matches:
-            page.included = self.included(conn, store, matches, query.includes, base)
+            page.included = self.included(store, matches, query.includes, base)
         return page
 
     def _high_water(self, conn: Connection) -> int:
         return int(conn.execute(select(func.coalesce(func.max(resource.c.pk), 0))).scalar_one())
 
-    def _first_total(self, conn: Connection, query: SearchQuery, base: str, rows: list,
+    def _first_total(self, store: ResourceStore, query: SearchQuery, base: str, rows: list,
                      more: bool) -> int | None:
         if query.total == "none":
             return None
         if not more and not query.offset and query.total != "estimate":
             return len(rows)
         if query.total == "estimate":
-            return self.estimate(conn, query, base)
-        return self.count(conn, query, base)
+            return self.estimate(store, query, base)
+        return self.count(store, query, base)
 
     # -- _include / _revinclude ---------------------------------------------------------------
 
-    def included(self, conn: Connection, store: ResourceStore, matches: list[Stored],
-                 includes: list[Include], base: str = "") -> list[Stored]:
+    def included(self, store: ResourceStore, matches: list[Stored], includes: list[Include],
+                 base: str = "") -> list[Stored]:
+        """What `_include`/`_revinclude` add: only resources the store may see (another
+        organisation's resource is left out as if the reference pointed nowhere)."""
         seen = {s.pk for s in matches}
         found: list[Stored] = []
         frontier = matches
@@ -183,7 +189,8 @@ class SearchService:
             rules = [i for i in includes if round_ == 0 or i.iterate]
             if not rules or not frontier:
                 break
-            pks = [pk for pk in self._include_pks(conn, frontier, rules, base) if pk not in seen]
+            pks = [pk for pk in self._include_pks(store, frontier, rules, base)
+                   if pk not in seen]
             if not pks:
                 break
             pks = pks[: MAX_INCLUDED - len(found)]
@@ -194,8 +201,9 @@ class SearchService:
                 break
         return found
 
-    def _include_pks(self, conn: Connection, sources: list[Stored], rules: list[Include],
+    def _include_pks(self, store: ResourceStore, sources: list[Stored], rules: list[Include],
                      base: str) -> list[int]:
+        conn = store.conn
         out: list[int] = []
         forward = [i for i in rules if not i.reverse]
         reverse = [i for i in rules if i.reverse]
@@ -214,7 +222,7 @@ class SearchService:
             targets = select(ref.c.target_type, ref.c.target_id).where(
                 ref.c.target_id.is_not(None), sql.local(ref, base), or_(*conds)).distinct()
             pairs = [tuple(row) for row in conn.execute(targets)]
-            out.extend(self._pks_of(conn, pairs))
+            out.extend(self._pks_of(store, pairs))
         if reverse:
             ref = search_reference
             pairs = [(s.type, s.id) for s in sources]
@@ -228,24 +236,28 @@ class SearchService:
                 conds.append(_and(c))
             q = select(ref.c.resource_pk).join(resource, resource.c.pk == ref.c.resource_pk).where(
                 tuple_(ref.c.target_type, ref.c.target_id).in_(pairs), sql.local(ref, base),
-                resource.c.deleted.is_(False), or_(*conds)).distinct()
+                resource.c.deleted.is_(False), store.visible(resource), or_(*conds)).distinct()
             out.extend(conn.execute(q).scalars())
         return out
 
-    def _pks_of(self, conn: Connection, pairs: Iterable[tuple[str, str]]) -> list[int]:
+    def _pks_of(self, store: ResourceStore, pairs: Iterable[tuple[str, str]]) -> list[int]:
         pairs = list(pairs)
         if not pairs:
             return []
         q = select(resource.c.pk).where(tuple_(resource.c.type, resource.c.id).in_(pairs),
-                                        resource.c.deleted.is_(False)).order_by(resource.c.pk)
-        return list(conn.execute(q).scalars())
+                                        resource.c.deleted.is_(False),
+                                        store.visible(resource)).order_by(resource.c.pk)
+        return list(store.conn.execute(q).scalars())
 
     # -- $everything ----------------------------------------------------------------------------
 
-    def compartment_pks(self, conn: Connection, patient_id: str, *, types: set[str] | None,
-                        since: datetime | None, base: str = "") -> list[int]:
+    def compartment_pks(self, store: ResourceStore, patient_id: str, *,
+                        types: set[str] | None, since: datetime | None, base: str = ""
+                        ) -> list[int]:
         """The patient, what is in its compartment (http://hl7.org/fhir/R4/compartmentdefinition
-        -patient.html) and what those resources refer to outside it, in pk order."""
+        -patient.html) and what those resources refer to outside it, in pk order: all of it
+        within the store's organisation."""
+        conn = store.conn
         _plan_for_values(conn)
         pairs = [(t, p) for t, params in self.parameters.patient_compartment.items()
                  for p in params if self.parameters.get(t, p) is not None]
@@ -255,15 +267,18 @@ class SearchService:
             tuple_(ref.c.type, ref.c.param).in_(pairs))
         # Two lookups, not one `pk IN (...) OR id = ...`: PostgreSQL cannot serve that OR
         # from indexes and scans the whole resource table.
-        inside = self._pks_of(conn, [("Patient", patient_id)])
+        inside = self._pks_of(store, [("Patient", patient_id)])
+        if not inside:
+            return []
         inside += conn.execute(select(resource.c.pk).where(
-            resource.c.deleted.is_(False), resource.c.pk.in_(members))).scalars()
+            resource.c.deleted.is_(False), store.visible(resource),
+            resource.c.pk.in_(members))).scalars()
         if not inside:
             return []
         referenced = select(ref.c.target_type, ref.c.target_id).where(
             ref.c.resource_pk.in_(inside), ref.c.target_id.is_not(None), sql.local(ref, base),
             ref.c.target_type != "Patient").distinct()
-        outside = self._pks_of(conn, [tuple(row) for row in conn.execute(referenced)])
+        outside = self._pks_of(store, [tuple(row) for row in conn.execute(referenced)])
         pks = sorted(set(inside) | set(outside))
         if types is None and since is None:
             return pks

@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import ColumnOperators
 
 from ekd.errors import InvalidRequest
+from ekd.fhir.resource_types import SHARED_TYPES
 from ekd.search.index import FAR_FUTURE, FAR_PAST, UCUM, UNITS, canonical_quantity
 from ekd.search.params import (
     Chain,
@@ -89,10 +90,21 @@ class Context:
     base: str = ""
     #: (type, code) -> at most one index row per resource (see SearchParameters.single_valued)
     single_valued: Callable[[str, str], bool] | None = None
+    #: The organisation whose resources the search may see (None: unscoped, the server's own).
+    org: str | None = None
 
     @property
     def postgresql(self) -> bool:
         return self.dialect == "postgresql"
+
+
+def visible(ctx: Context, alias: FromClause, rtype: str) -> ColumnElement[bool]:
+    """Rows of `alias` (a resource table alias of type `rtype`) the search may see: every
+    table the query joins to is scoped, so a chain or `_has` cannot probe another
+    organisation's resources through a reference to them."""
+    if ctx.org is None or rtype in SHARED_TYPES:
+        return true()
+    return alias.c.org == ctx.org
 
 
 def prefix_range(col: ColumnOperators, prefix: str) -> ColumnElement[bool]:
@@ -164,7 +176,7 @@ def _criterion(ctx: Context, alias: FromClause, rtype: str, crit: Criterion
             select(ref.c.target_id).join(lists, lists.c.pk == ref.c.resource_pk).where(
                 ref.c.type == "List", ref.c.param == "item", ref.c.target_type == rtype,
                 lists.c.type == "List", lists.c.id.in_(crit.values),
-                lists.c.deleted.is_(False)))
+                lists.c.deleted.is_(False), visible(ctx, lists, "List")))
     assert crit.param is not None
     table = TABLE_OF[crit.type]
     code = crit.param.code
@@ -434,6 +446,7 @@ def _chain(ctx: Context, alias: FromClause, rtype: str, chain: Chain) -> ColumnE
     for target, inner in chain.inner.items():
         t = resource.alias()
         targets = select(t.c.id).where(t.c.type == target, t.c.deleted.is_(False),
+                                       visible(ctx, t, target),
                                        node_clause(ctx, t, target, inner))
         options.append(and_(ref.c.target_type == target, ref.c.target_id.in_(targets)))
     return alias.c.pk.in_(select(ref.c.resource_pk).where(
@@ -445,6 +458,7 @@ def _has(ctx: Context, alias: FromClause, rtype: str, has: Has) -> ColumnElement
     ref = search_reference.alias()
     s = resource.alias()
     sources = select(s.c.pk).where(s.c.type == has.source_type, s.c.deleted.is_(False),
+                                   visible(ctx, s, has.source_type),
                                    node_clause(ctx, s, has.source_type, has.inner))
     return alias.c.id.in_(select(ref.c.target_id).where(
         ref.c.type == has.source_type, ref.c.param == has.param.code,

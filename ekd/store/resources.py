@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
-from sqlalchemy import Connection, and_, select, text
+from sqlalchemy import ColumnElement, Connection, and_, or_, select, text, true
 
 from ekd.errors import Conflict
+from ekd.fhir.resource_types import SHARED_TYPES
 from ekd.store.schema import INDEX_TABLES, resource, resource_version
 
 #: Index rows of one resource by index table (ekd.search.index.Indexer).
@@ -37,6 +38,8 @@ class Stored:
     content: dict | None
     method: str = ""
     seq: int = 0
+    #: URA of the organisation holding the resource (None: shared, or unscoped storage).
+    org: str | None = None
 
     @property
     def etag(self) -> str:
@@ -59,6 +62,7 @@ def as_utc(t: datetime) -> datetime:
 
 
 _CURRENT = select(
+    resource.c.org,
     resource.c.pk,
     resource.c.type,
     resource.c.id,
@@ -78,13 +82,16 @@ _CURRENT = select(
 
 _CURRENT_SQL = (
     "SELECT r.pk, r.type, r.id, r.version, r.last_updated, r.deleted, v.content, v.method, "
-    "v.seq FROM resource r JOIN resource_version v ON v.resource_pk = r.pk "
+    "v.seq, r.org FROM resource r JOIN resource_version v ON v.resource_pk = r.pk "
     "AND v.version = r.version WHERE r.type = {type} AND r.id = {id}"
 )
 _CURRENT_SQL_PG = _CURRENT_SQL.format(type="%(type)s", id="%(id)s")
 _CURRENT_SQL_SQLITE = _CURRENT_SQL.format(type=":type", id=":id")
+_CURRENT_SQL_PG_ORG = _CURRENT_SQL_PG + " AND r.org = %(org)s"
+_CURRENT_SQL_SQLITE_ORG = _CURRENT_SQL_SQLITE + " AND r.org = :org"
 
 _VERSION_COLUMNS = (
+    resource_version.c.org,
     resource_version.c.resource_pk.label("pk"),
     resource_version.c.type,
     resource_version.c.id,
@@ -108,6 +115,7 @@ def _row_to_stored(row) -> Stored:
         content=row.content,
         method=row.method,
         seq=row.seq,
+        org=row.org,
     )
 
 
@@ -124,7 +132,14 @@ def _stamp(content: dict, rtype: str, rid: str, version: int, when: datetime) ->
 
 
 class ResourceStore:
-    """Resource reads and writes on one connection (and so within its transaction)."""
+    """Resource reads and writes on one connection (and so within its transaction).
+
+    With `org` set, the store is scoped to that organisation: it sees only that organisation's
+    resources plus the shared conformance resources (`SHARED_TYPES`), and what it creates
+    belongs to that organisation. Another organisation's resource is simply absent: a read
+    answers "not known", exactly as for an id never used. `org=None` is unscoped storage for
+    the server's own work (start-up seeding, reindexing, command-line tools).
+    """
 
     def __init__(
         self, conn: Connection, *, indexer: Indexer | None = None, org: str | None = None
@@ -133,6 +148,19 @@ class ResourceStore:
         self.indexer = indexer
         self.org = org
         self._sqlite = conn.dialect.name == "sqlite"
+
+    def owner(self, rtype: str) -> str | None:
+        """The organisation a new resource of this type belongs to."""
+        return None if rtype in SHARED_TYPES else self.org
+
+    def scoped(self, rtype: str) -> bool:
+        return self.org is not None and rtype not in SHARED_TYPES
+
+    def visible(self, table) -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+        """Rows of `table` (with `type` and `org` columns) this store may see."""
+        if self.org is None:
+            return true()
+        return or_(table.c.org == self.org, table.c.type.in_(SHARED_TYPES))
 
     def _db_time(self, t: datetime) -> datetime:
         # SQLite keeps naive text; store UTC without offset so comparisons stay lexical.
@@ -150,21 +178,32 @@ class ResourceStore:
             self.conn.execute(select(resource.c.pk).where(*where).with_for_update())
         # The hottest statement of the server: sent as plain driver SQL, which skips
         # SQLAlchemy's statement compilation and caching (~40% of a read's time).
-        sql = _CURRENT_SQL_SQLITE if self._sqlite else _CURRENT_SQL_PG
-        row = self.conn.exec_driver_sql(sql, {"type": rtype, "id": rid}).first()
+        if self.scoped(rtype):
+            sql = _CURRENT_SQL_SQLITE_ORG if self._sqlite else _CURRENT_SQL_PG_ORG
+            args = {"type": rtype, "id": rid, "org": self.org}
+        else:
+            sql = _CURRENT_SQL_SQLITE if self._sqlite else _CURRENT_SQL_PG
+            args = {"type": rtype, "id": rid}
+        row = self.conn.exec_driver_sql(sql, args).first()
         if row is None:
             return None
-        pk, rtype, rid, version, last_updated, deleted, content, method, seq = row
+        pk, rtype, rid, version, last_updated, deleted, content, method, seq, org = row
         if self._sqlite:  # driver SQL bypasses SQLAlchemy's type conversions
             content = orjson.loads(content) if content is not None else None
             last_updated = datetime.fromisoformat(last_updated)
         return Stored(pk, rtype, rid, version, as_utc(last_updated), bool(deleted), content,
-                      method, seq)
+                      method, seq, org)
+
+    def taken(self, rtype: str, rid: str) -> bool:
+        """Whether the id is in use by any organisation (ids are unique per type server-wide)."""
+        q = select(resource.c.pk).where(resource.c.type == rtype, resource.c.id == rid)
+        return self.conn.execute(q).first() is not None
 
     def current_many(self, pks: list[int]) -> list[Stored]:
         if not pks:
             return []
-        rows = self.conn.execute(_CURRENT.where(resource.c.pk.in_(pks))).all()
+        rows = self.conn.execute(
+            _CURRENT.where(resource.c.pk.in_(pks), self.visible(resource))).all()
         by_pk = {row.pk: _row_to_stored(row) for row in rows}
         return [by_pk[pk] for pk in pks if pk in by_pk]
 
@@ -174,6 +213,7 @@ class ResourceStore:
                 resource_version.c.type == rtype,
                 resource_version.c.id == rid,
                 resource_version.c.version == version,
+                self.visible(resource_version),
             )
         ).first()
         return _row_to_stored(row) if row else None
@@ -188,7 +228,7 @@ class ResourceStore:
         limit: int,
     ) -> list[Stored]:
         """Versions newest first; `at_or_before_seq` continues a page from the previous one."""
-        q = select(*_VERSION_COLUMNS)
+        q = select(*_VERSION_COLUMNS).where(self.visible(resource_version))
         if rtype is not None:
             q = q.where(resource_version.c.type == rtype)
         if rid is not None:
@@ -204,7 +244,8 @@ class ResourceStore:
         from sqlalchemy import func
 
         q = select(func.count()).where(
-            resource_version.c.type == rtype, resource_version.c.id == rid
+            resource_version.c.type == rtype, resource_version.c.id == rid,
+            self.visible(resource_version),
         )
         if since is not None:
             q = q.where(resource_version.c.last_updated > self._db_time(since))
@@ -220,30 +261,33 @@ class ResourceStore:
         when = now()
         stamped = _stamp(content, rtype, rid, 1, when)
         rows = self._index_rows(stamped)
+        org = self.owner(rtype)
         if self._sqlite:
-            pk, seq = self._create_sqlite(rtype, rid, when, method, stamped, rows)
+            pk, seq = self._create_sqlite(rtype, rid, when, method, stamped, rows, org)
         else:
             row = self.conn.execute(_PG_CREATE, {
-                "type": rtype, "id": rid, "ts": when, "org": self.org, "method": method,
+                "type": rtype, "id": rid, "ts": when, "org": org, "method": method,
                 "content": _json(stamped), **_pg_index_params(rows),
             }).first()
             pk, seq = (row.pk, row.seq) if row else (None, 0)
         if pk is None:
             raise VersionConflict(f"{rtype}/{rid} was created concurrently by another request")
-        return Stored(pk, rtype, rid, 1, when, False, stamped, method, seq)
+        return Stored(pk, rtype, rid, 1, when, False, stamped, method, seq, org)
 
     def update(self, prev: Stored, content: dict, *, method: str = "PUT") -> Stored:
         version = prev.version + 1
         when = now()
         stamped = _stamp(content, prev.type, prev.id, version, when)
         seq = self._next_version(prev, version, when, method, stamped)
-        return Stored(prev.pk, prev.type, prev.id, version, when, False, stamped, method, seq)
+        return Stored(prev.pk, prev.type, prev.id, version, when, False, stamped, method, seq,
+                      prev.org)
 
     def delete(self, prev: Stored) -> Stored:
         version = prev.version + 1
         when = now()
         seq = self._next_version(prev, version, when, "DELETE", None)
-        return Stored(prev.pk, prev.type, prev.id, version, when, True, None, "DELETE", seq)
+        return Stored(prev.pk, prev.type, prev.id, version, when, True, None, "DELETE", seq,
+                      prev.org)
 
     def _index_rows(self, content: dict | None) -> dict[str, list[dict]]:
         if content is None or self.indexer is None:
@@ -255,10 +299,10 @@ class ResourceStore:
         rows = self._index_rows(None if stored.deleted else stored.content)
         if self._sqlite:
             self._unindex_sqlite(stored.pk)
-            self._insert_index_sqlite(stored.pk, stored.type, rows)
+            self._insert_index_sqlite(stored.pk, stored.type, rows, stored.org)
         else:
             self.conn.execute(_PG_REINDEX, {"pk": stored.pk, "type": stored.type,
-                                            "org": self.org, **_pg_index_params(rows)})
+                                            "org": stored.org, **_pg_index_params(rows)})
 
     def _next_version(
         self, prev: Stored, version: int, when: datetime, method: str, content: dict | None
@@ -272,7 +316,7 @@ class ResourceStore:
                 "pk": prev.pk, "prev": prev.version, "version": version, "ts": when,
                 "deleted": content is None, "type": prev.type, "id": prev.id,
                 "method": method, "content": None if content is None else _json(content),
-                "org": self.org, **_pg_index_params(rows),
+                "org": prev.org, **_pg_index_params(rows),
             }).scalar_one_or_none()
         if seq is None:
             raise VersionConflict(
@@ -296,18 +340,18 @@ class ResourceStore:
 
     def _create_sqlite(
         self, rtype: str, rid: str, when: datetime, method: str, content: dict,
-        rows: dict[str, list[dict]],
+        rows: dict[str, list[dict]], org: str | None,
     ) -> tuple[int | None, int]:
         # ON CONFLICT DO NOTHING rather than catching IntegrityError, so that a lost race
         # leaves the surrounding transaction (a transaction Bundle) usable.
         ts = self._sqlite_time(when)
         pk = self.conn.exec_driver_sql(_SQLITE_CREATE, {
-            "type": rtype, "id": rid, "ts": ts, "org": self.org,
+            "type": rtype, "id": rid, "ts": ts, "org": org,
         }).scalar_one_or_none()
         if pk is None:
             return None, 0
-        seq = self._append_sqlite(pk, rtype, rid, 1, ts, method, content)
-        self._insert_index_sqlite(pk, rtype, rows)
+        seq = self._append_sqlite(pk, rtype, rid, 1, ts, method, content, org)
+        self._insert_index_sqlite(pk, rtype, rows, org)
         return pk, seq
 
     def _next_version_sqlite(
@@ -321,29 +365,31 @@ class ResourceStore:
         })
         if result.rowcount != 1:
             return None
-        seq = self._append_sqlite(prev.pk, prev.type, prev.id, version, ts, method, content)
+        seq = self._append_sqlite(prev.pk, prev.type, prev.id, version, ts, method, content,
+                                  prev.org)
         self._unindex_sqlite(prev.pk)
-        self._insert_index_sqlite(prev.pk, prev.type, rows)
+        self._insert_index_sqlite(prev.pk, prev.type, rows, prev.org)
         return seq
 
     def _append_sqlite(
         self, pk: int, rtype: str, rid: str, version: int, ts: str, method: str,
-        content: dict | None,
+        content: dict | None, org: str | None,
     ) -> int:
         return self.conn.exec_driver_sql(_SQLITE_APPEND, {
             "pk": pk, "type": rtype, "id": rid, "version": version, "ts": ts, "method": method,
-            "content": None if content is None else _json(content), "org": self.org,
+            "content": None if content is None else _json(content), "org": org,
         }).scalar_one()
 
     def _unindex_sqlite(self, pk: int) -> None:
         for sql in _SQLITE_UNINDEX:
             self.conn.exec_driver_sql(sql, {"pk": pk})
 
-    def _insert_index_sqlite(self, pk: int, rtype: str, rows: dict[str, list[dict]]) -> None:
+    def _insert_index_sqlite(self, pk: int, rtype: str, rows: dict[str, list[dict]],
+                             org: str | None) -> None:
         for table, table_rows in rows.items():
             if table_rows:
                 self.conn.exec_driver_sql(_SQLITE_INDEX[table], [
-                    {"pk": pk, "type": rtype, "org": self.org,
+                    {"pk": pk, "type": rtype, "org": org,
                      **{k: self._sqlite_time(v) if isinstance(v, datetime) else v
                         for k, v in r.items()}}
                     for r in table_rows

@@ -85,6 +85,13 @@ class ServerProcess:
         raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f}s ({last_error}):\n"
                            f"{self.log_tail()}")
 
+    def token(self) -> str:
+        """The development token `ekd serve` printed (a `TOKEN=` line of its log)."""
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("TOKEN="):
+                return line[len("TOKEN="):].strip()
+        raise RuntimeError(f"{self.name} printed no token:\n{self.log_tail()}")
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -146,8 +153,12 @@ def ekd_server(database_url: str, workdir: Path, label: str) -> ServerProcess:
     # The workload is generic FHIR, not JGZ-profiled dossiers: measure the server core.
     env["EKD_JGZ_ENFORCE"] = "false"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    # Development mode with its keys in the work folder; the printed token is a machine
+    # client's (role `system`), allowed everything within its organisation.
+    env["EKD_KEY_DIR"] = str(workdir / f"{label}-keys")
+    env.pop("EKD_MODE", None)
     argv = [*ekd_command(), "serve", "--host", HOST, "--port", str(port),
-            "--database-url", database_url]
+            "--database-url", database_url, "--dev-role", "system"]
     return ServerProcess(label, argv, port, f"http://{HOST}:{port}/fhir/metadata",
                          workdir / f"{label}.log", env=env, cwd=workdir)
 
