@@ -112,6 +112,10 @@ def demo_data(
     ] = "2026-11-01",
     workers: Annotated[int, typer.Option(
         min=1, help="With --url: Bundles posted concurrently (match the server's workers).")] = 4,
+    token: Annotated[str | None, typer.Option(
+        envvar="EKD_TOKEN", show_default=False,
+        help="With --url: access token to send (the one `ekd serve` prints, or `ekd token "
+             "create --role system`).")] = None,
 ) -> None:
     """Generate realistic synthetic JGZ dossiers that conform to the jgz-* profiles.
 
@@ -156,7 +160,8 @@ def demo_data(
         if url:
             import httpx
 
-            with httpx.Client(timeout=300) as client:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            with httpx.Client(timeout=300, headers=headers) as client:
                 shared = post_bundles(client, url, [demo.shared_bundle()])
                 if shared.rejected:
                     console.print(f"[red]organisations rejected:[/red] {shared.first_error}")

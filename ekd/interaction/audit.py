@@ -100,7 +100,7 @@ def record(req: FhirRequest, resp: FhirResponse) -> AuditRecord:
         interaction=code, action=_ACTION.get(code, "E"), status=resp.status,
         principal=req.principal, recorded=now(), resource_type=req.type, entities=entities,
         patients=patients, query=_query(req) if code in ("search-type", "operation") else None,
-        operation=f"${req.operation}" if req.operation else None)
+        operation=f"${req.operation}" if req.operation else None, server=req.base)
 
 
 def failure(req: FhirRequest, exc: FhirError) -> AuditRecord:
@@ -119,4 +119,4 @@ def failure(req: FhirRequest, exc: FhirError) -> AuditRecord:
         principal=req.principal, recorded=now(), resource_type=req.type, entities=entities,
         patients=patients, query=_query(req) if code in ("search-type", "operation") else None,
         operation=f"${req.operation}" if req.operation else None,
-        description=exc.diagnostics[:500])
+        description=exc.diagnostics[:500], server=req.base)

@@ -21,6 +21,30 @@ FORMATS = ["application/fhir+json", "application/fhir+xml", "json", "xml"]
 
 _CACHE: dict[tuple[str, str], dict] = {}
 
+#: What `ekd.audit.search` answers for AuditEvent.
+AUDIT_PARAMS = [("patient", "reference"), ("date", "date"), ("agent", "reference"),
+                ("action", "token"), ("subtype", "token"), ("outcome", "token"),
+                ("entity", "reference"), ("_id", "token")]
+
+
+def _security(base: str) -> dict:
+    """SMART Backend Services (http://hl7.org/fhir/R4/capabilitystatement-definitions.html
+    #CapabilityStatement.rest.security; the oauth-uris extension of SMART App Launch)."""
+    token = base.removesuffix("/fhir") + "/auth/token"
+    return {
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": token}]}],
+        "service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR"}]}],
+        "description": "Bearer access tokens from the token endpoint (client_credentials with "
+                       "a private_key_jwt client assertion), or mutual TLS with an "
+                       "organisation certificate. Every resource belongs to the organisation "
+                       "holding the dossier; other organisations' resources do not exist for "
+                       "a caller. Every access is audited (AuditEvent).",
+    }
+
 
 #: When this process started: the CapabilityStatement describes the running software.
 STARTED = date.today().isoformat()
@@ -47,6 +71,11 @@ def _build(base: str, parameters: SearchParameters) -> dict:
         ops = [{"name": op.name, "definition": op.definition} for op in operations()
                if op.definition and ("type" in op.levels or "instance" in op.levels)
                and (op.types is None or rtype in op.types)]
+        if rtype == "AuditEvent":  # the server's own audit log: read and search only
+            resources.append({"type": rtype, "interaction": [
+                {"code": "read"}, {"code": "search-type"}], "searchParam": [
+                {"name": n, "type": t} for n, t in AUDIT_PARAMS]})
+            continue
         resources.append({
             "type": rtype,
             "interaction": [{"code": c} for c in INSTANCE + TYPE],
@@ -80,6 +109,7 @@ def _build(base: str, parameters: SearchParameters) -> dict:
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
+            "security": _security(base),
             "resource": resources,
             "interaction": [{"code": c} for c in SYSTEM],
             **({"operation": system_ops} if system_ops else {}),
