@@ -314,3 +314,23 @@ def test_no_token_no_data(world: World) -> None:
     assert w.app_client.get("/fhir/metadata").status_code == 200
     bad = {"Authorization": "Bearer not-a-token"}
     assert w.req("GET", f"/fhir/Patient/{w.ids['pa']}", bad).status_code == 401
+
+
+def test_rate_limit_per_client(services: Services) -> None:
+    from dataclasses import replace
+
+    tight = replace(services, settings=replace(services.settings, rate_limit=60, rate_burst=2))
+    security = security_for(tight)
+    with TestClient(create_app(services=tight, security=security),
+                    raise_server_exceptions=False) as c:
+        mine = {"Authorization": "Bearer " + token(security, tight)}
+        other = {"Authorization": "Bearer " + token(security, tight, org=OTHER_ORG)}
+        statuses = [c.get("/fhir/Patient", headers=mine).status_code for _ in range(4)]
+        assert statuses[:2] == [200, 200] and statuses[-1] == 429
+        r = c.get("/fhir/Patient", headers=mine)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["issue"][0]["code"] == "throttled"
+        assert c.get("/fhir/Patient", headers=other).status_code == 200  # per client
+        form = {"grant_type": "client_credentials"}
+        token_statuses = [c.post("/auth/token", data=form).status_code for _ in range(4)]
+        assert token_statuses[0] == 400 and token_statuses[-1] == 429

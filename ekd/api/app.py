@@ -135,8 +135,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.state.security = security
     errors.install(app)
     middleware.install(app, settings)
-    app.include_router(auth.router(security, settings))
-    identify = Identify(security, RateLimiter(settings.rate_limit, settings.rate_burst))
+    limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+    app.include_router(auth.router(security, settings, limiter))
+    identify = Identify(security, limiter)
     serve = fhir.endpoint(services, identify)
     app.include_router(fhir.router(serve))
     app.router.routes[:0] = fhir.dispatch_routes(serve)

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ekd.config import Settings
 from ekd.errors import Unauthorized
 from ekd.security.principal import Principal
+from ekd.security.ratelimit import RateLimiter, retry_after
 from ekd.security.service import Security
 from ekd.security.tokens import ASSERTION_ALGORITHMS, TokenError
 
@@ -63,12 +64,22 @@ def bearer_principal(security: Security, request: Request, audience: str) -> Pri
     return principal.at(request.client.host if request.client else None)
 
 
-def router(security: Security, settings: Settings) -> APIRouter:
+def router(security: Security, settings: Settings, limiter: RateLimiter | None = None
+           ) -> APIRouter:
+    """`limiter` throttles token requests per client address (before the assertion is even
+    read: guessing at it costs a signature check each time)."""
     api = APIRouter(tags=["authentication"])
 
     @api.post(TOKEN_PATH, summary="Access token for a SMART Backend Services client")
     async def token(request: Request) -> JSONResponse:
         """`grant_type=client_credentials` with a `private_key_jwt` client assertion."""
+        address = request.client.host if request.client else "unknown"
+        wait = limiter.check(f"token:{address}") if limiter is not None else None
+        if wait is not None:
+            return JSONResponse({"error": "slow_down", "error_description":
+                                 "too many token requests from this address"},
+                                status_code=429,
+                                headers={**_NO_STORE, "Retry-After": retry_after(wait)})
         try:
             form = await _form(request)
             answer = await run_in_threadpool(
