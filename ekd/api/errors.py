@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,6 +11,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from ekd.api.formats import MEDIA, render
+from ekd.api.middleware import redact_path
 from ekd.errors import FhirError, Issue
 
 log = logging.getLogger("ekd.api")
@@ -51,8 +53,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # The type only: exception messages may carry request data (and so a BSN).
-        log.error("Unhandled %s while serving %s %s", type(exc).__name__, request.method,
-                  request.url.path, exc_info=(type(exc), exc, None))
+        # The type and where it happened, never the message: messages (a database error's,
+        # say) may quote request data, and so a BSN or clinical values.
+        where = "".join(traceback.format_tb(exc.__traceback__)[-8:])
+        log.error("Unhandled %s while serving %s %s\n%s", type(exc).__name__, request.method,
+                  redact_path(request.url.path), where)
         issue = Issue("fatal", "exception", "Internal server error")
         return outcome_response(request, 500,
                                 {"resourceType": "OperationOutcome", "issue": [issue.to_fhir()]})

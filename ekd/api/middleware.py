@@ -156,6 +156,11 @@ def _redact_bsns(text: str) -> str:
     return _NUMBERISH.sub(number, text)
 
 
+def redact_path(path: str) -> str:
+    """A URL path with BSN-like numbers masked (for log lines)."""
+    return _redact_bsns(path)
+
+
 def _scrub(raw: str) -> str:
     """One name or value of the query: unchanged unless (once decoded) it holds a BSN."""
     decoded = unquote_plus(raw)
@@ -188,8 +193,8 @@ class AccessLogMiddleware:
     (which would print the query with any BSN in it).
 
     The line: method, path, redacted query, status, duration in ms, client address. The same
-    fields are attached to the record (`extra`) for structured log handlers. The path is logged
-    as is: FHIR paths hold logical ids, never a BSN.
+    fields are attached to the record (`extra`) for structured log handlers. A BSN-like number in
+    the path is masked too.
     """
 
     def __init__(self, app: ASGIApp, logger: logging.Logger = access_log) -> None:
@@ -225,7 +230,9 @@ class AccessLogMiddleware:
         client = scope.get("client")
         address = f"{client[0]}:{client[1]}" if client else "-"
         method = scope.get("method", "-")
-        path = scope.get("path", "")
+        # FHIR paths hold logical ids, not BSNs; but a client choosing ids (update as create)
+        # could use one, so the path gets the same eleven-test scrub as the query.
+        path = redact_path(scope.get("path", ""))
         self.logger.info(
             '%s "%s %s%s" %d %.1fms', address, method, path, f"?{query}" if query else "",
             status, duration_ms,
