@@ -125,10 +125,13 @@ class Unauthorized(FhirError):
 
     status, code = 401, "login"
 
-    def __init__(self, diagnostics: str, **kwargs: object) -> None:
+    def __init__(self, diagnostics: str, *, error: str | None = "invalid_token",
+                 **kwargs: object) -> None:
+        """`error`: the RFC 6750 §3.1 code of the challenge; None when the request carried
+        no credentials at all (then the challenge names none)."""
         headers = dict(kwargs.pop("headers", None) or {})  # type: ignore[call-overload]
-        error = "invalid_token" if "token" in diagnostics.lower() else "invalid_request"
-        headers.setdefault("WWW-Authenticate", f'Bearer realm="ekd", error="{error}"')
+        challenge = 'Bearer realm="ekd"' + (f', error="{error}"' if error else "")
+        headers.setdefault("WWW-Authenticate", challenge)
         super().__init__(diagnostics, headers=headers, **kwargs)  # type: ignore[arg-type]
 
 

@@ -37,11 +37,8 @@ def token(security: Security, services: Services, *, org: str = TEST_ORG,
     if role is not Role.SYSTEM and user_id is None:
         user_id, user_name = f"uzi-{role.value}", f"Test {role.value}"
     audience = services.settings.base_url or "http://testserver/fhir"
-    kwargs: dict = {}
-    if on_behalf_of is not None:
-        kwargs["on_behalf_of"] = {"id": on_behalf_of, "name": on_behalf_of}
     return security.tokens.mint(client_id, role=role, audience=audience, user_id=user_id,
-                                user_name=user_name, scope=scope, **kwargs)
+                                user_name=user_name, scope=scope, on_behalf_of=on_behalf_of)
 
 
 def fhir_client(services: Services, *, org: str = TEST_ORG, role: Role | str = Role.SYSTEM,

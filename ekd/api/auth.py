@@ -59,7 +59,8 @@ def bearer_principal(security: Security, request: Request, audience: str) -> Pri
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or " " in token:
-        raise Unauthorized("The Authorization header must be 'Bearer <access token>'")
+        raise Unauthorized("The Authorization header must be 'Bearer <access token>'",
+                           error="invalid_request")
     principal = security.tokens.verify(token, audience)
     return principal.at(request.client.host if request.client else None)
 

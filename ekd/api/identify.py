@@ -28,7 +28,7 @@ class Identify:
                 principal = certificate_principal(self.security.clients, cert)
         if principal is None:
             raise Unauthorized("An access token (Authorization: Bearer) or an organisation "
-                               "certificate is required")
+                               "certificate is required", error=None)
         wait = self.limiter.check(principal.client_id)
         if wait is not None:
             seconds = retry_after(wait)

@@ -1,7 +1,10 @@
 """What happened, as the interaction layer reports it to the audit log.
 
-One record per interaction executed (a Bundle's entries each make their own, and the Bundle
-one more). `ekd.audit.event` turns a record into a BALP-shaped AuditEvent.
+One record per interaction a caller runs: each entry of a batch or transaction makes its own
+(the Bundle itself none), and a transaction that fails makes exactly one (subtype
+`transaction`). Requests refused before they name an interaction (unreadable bodies, missing
+or bad credentials) make none: nothing was accessed. `ekd.audit.event` turns a record into
+a BALP-shaped AuditEvent.
 """
 
 from __future__ import annotations

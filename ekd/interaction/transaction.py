@@ -102,13 +102,13 @@ def process(services: Services, req: FhirRequest) -> FhirResponse:
         )
     if kind == "batch":
         return _batch(services, req, entries)
-    items: list[tuple[int, dict, FhirRequest]] = []
-    for index, entry in enumerate(entries):
-        try:
-            items.append((index, entry, _entry_request(req, index, entry)))
-        except FhirError as exc:
-            raise at_entry(exc, index) from None
     try:
+        items: list[tuple[int, dict, FhirRequest]] = []
+        for index, entry in enumerate(entries):
+            try:
+                items.append((index, entry, _entry_request(req, index, entry)))
+            except FhirError as exc:
+                raise at_entry(exc, index) from None
         responses = _run_transaction(services, req, items)
     except FhirError as exc:
         if req.principal is not None:

@@ -34,6 +34,7 @@ def validate(services: Services, store: ResourceStore, req: FhirRequest) -> Fhir
     if mode is not None and mode not in MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(sorted(MODES))}",
                              expression="mode")
+    stored = None
     if resource is None and req.id is not None:
         stored = store.current(req.type or "", req.id)
         if stored is None:
@@ -58,7 +59,9 @@ def validate(services: Services, store: ResourceStore, req: FhirRequest) -> Fhir
     if not any(i["severity"] in ("error", "fatal") for i in issues):
         issues.insert(0, {"severity": "information", "code": "informational",
                           "diagnostics": "Validation found no errors"})
-    return FhirResponse(200, {"resourceType": "OperationOutcome", "issue": issues})
+    # The stored resource validated is what the audit record is about.
+    return FhirResponse(200, {"resourceType": "OperationOutcome", "issue": issues},
+                        touched=[stored] if stored is not None else [])
 
 
 OPERATION = Operation(

@@ -20,13 +20,13 @@ def certificate_principal(clients: ClientRegistry, cert: x509.Certificate) -> Pr
     try:
         ura = ura_from_certificate(cert)
     except InvalidOrganisationCertificate as exc:
-        raise Unauthorized(str(exc)) from None
+        raise Unauthorized(str(exc), error=None) from None
     if ura is None:
-        raise Unauthorized("The client certificate names no organisation (URA)")
+        raise Unauthorized("The client certificate names no organisation (URA)", error=None)
     client = clients.by_mtls_org(ura)
     if client is None:
         raise Unauthorized("No client is registered for mutual TLS for the organisation of "
-                           "this certificate")
+                           "this certificate", error=None)
     cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     name = str(cn[0].value) if cn else None
     return Principal(org=client.org, client_id=client.client_id, role=Role.SYSTEM,

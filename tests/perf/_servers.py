@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -45,8 +46,11 @@ class ServerProcess:
     """A server subprocess with its output in a log file and a readiness probe."""
 
     def __init__(self, name: str, argv: Sequence[str], port: int, ready_url: str, log_path: Path,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None,
+                 verify: ssl.SSLContext | bool = True) -> None:
+        """`verify`: how the readiness probe checks an HTTPS server's certificate."""
         self.name = name
+        self.verify = verify
         self.argv = list(argv)
         self.port = port
         self.ready_url = ready_url
@@ -73,7 +77,7 @@ class ServerProcess:
                 raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} before it "
                                    f"was ready:\n{self.log_tail()}")
             try:
-                r = httpx.get(self.ready_url, timeout=2.0)
+                r = httpx.get(self.ready_url, timeout=2.0, verify=self.verify)
                 if r.status_code == 200:
                     log(f"{self.name} ready on port {self.port} "
                         f"({timeout_s - (deadline - time.monotonic()):.1f}s)")
