@@ -23,7 +23,8 @@ import re
 import resource
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -42,6 +43,38 @@ CLIENTS = ("httpx", "stdlib")
 
 J = TypeVar("J")
 ResourceKey = tuple[str, str]
+
+#: Bearer tokens by server origin (``http://127.0.0.1:<port>``). ekd answers 401 without one
+#: since #6; servers that print no token (the peer, older ekd trees) get no header.
+_TOKENS: dict[str, str] = {}
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def auth_headers(url: str) -> dict[str, str]:
+    """The Authorization header for a request to ``url``, if its server has a token."""
+    token = _TOKENS.get(_origin(url)) if _TOKENS else None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@contextmanager
+def bearer(server: Any) -> Iterator[str | None]:
+    """Send ``server``'s development token (its ``TOKEN=`` line) with every request to it
+    while the block runs; no token printed (sekmet-fhir, ekd before #6): no header."""
+    try:
+        token: str | None = server.token()
+    except RuntimeError:
+        token = None
+    origin = f"http://127.0.0.1:{server.port}"
+    if token:
+        _TOKENS[origin] = token
+    try:
+        yield token
+    finally:
+        _TOKENS.pop(origin, None)
 
 
 # --------------------------------------------------------------------------- transports
@@ -77,7 +110,7 @@ class HttpxTransport:
 
     def request(self, method: str, url: str, content: bytes | None = None) -> Reply:
         try:
-            r = self._client.request(method, url, content=content)
+            r = self._client.request(method, url, content=content, headers=auth_headers(url))
         except httpx.HTTPError as e:
             raise TransportError(f"{type(e).__name__}: {e}") from e
         return Reply(r.status_code, r.headers, r.content)
@@ -103,7 +136,8 @@ class StdlibTransport:
             self._netloc = parts.netloc
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
-            self._conn.request(method, path, body=content, headers=HEADERS)
+            self._conn.request(method, path, body=content,
+                               headers={**HEADERS, **auth_headers(url)})
             r = self._conn.getresponse()
             body = r.read()
         except (OSError, http.client.HTTPException) as e:

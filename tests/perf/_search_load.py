@@ -166,7 +166,12 @@ def _load(name: str, url: str, dsn: str | None, sqlite_path: Path | None, tmp: P
         for server in servers:
             stack.enter_context(running(server, timeout_s=180))
         bases = [f"http://127.0.0.1:{s.port}/fhir" for s in servers]
-        clients = [stack.enter_context(httpx.Client(timeout=600)) for _ in range(client_workers)]
+        # client w always posts to server w % len(servers): it sends that server's token
+        # (ekd needs one since #6; a tree that prints none gets no header)
+        headers = [auth_headers(s) for s in servers]
+        clients = [stack.enter_context(httpx.Client(timeout=600,
+                                                    headers=headers[w % len(servers)]))
+                   for w in range(client_workers)]
         shared = post_bundles(clients[0], bases[0], [demo.shared_bundle()])
         if shared.rejected:
             raise RuntimeError(f"shared organisations rejected: {shared.first_error}")
@@ -213,6 +218,14 @@ def _load(name: str, url: str, dsn: str | None, sqlite_path: Path | None, tmp: P
     if sqlite_path is None:
         record_load(name, info)
     return info
+
+
+def auth_headers(server: ServerProcess) -> dict[str, str]:
+    """The Authorization header with the development token `server` printed, if any."""
+    try:
+        return {"Authorization": f"Bearer {server.token()}"}
+    except RuntimeError:
+        return {}
 
 
 def load_record_path(name: str) -> Path:

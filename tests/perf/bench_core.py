@@ -58,6 +58,7 @@ from _load import (
     Driver,
     Measurement,
     ResourceKey,
+    bearer,
     create_chart,
     post_transaction,
     read_resource,
@@ -122,7 +123,7 @@ def run_fhir_server(ctx: Context, target: str, server: ServerProcess) -> list[Me
     """Start ``server``, run create / transaction / read against it, always stop it."""
     done: list[Measurement] = []
     try:
-        with running(server, timeout_s=ctx.args.start_timeout):
+        with running(server, timeout_s=ctx.args.start_timeout), bearer(server):
             base = f"http://127.0.0.1:{server.port}/fhir"
             reason = warm_up(base, ctx.warm_chart, ctx.args.timeout, ctx.args.client)
             if reason:

@@ -62,6 +62,7 @@ from _load import (
     Recorder,
     Transport,
     TransportError,
+    bearer,
     make_transport,
 )
 from _search_load import (
@@ -585,7 +586,7 @@ def measure_dataset(args: argparse.Namespace, label: str, url: str, dsn: str | N
 
     # -- ekd over HTTP
     server = ekd_server_for(args, url, tmp, f"ekd-{label}")
-    with running(server, timeout_s=args.start_timeout):
+    with running(server, timeout_s=args.start_timeout), bearer(server):
         wait_until_idle(server)
         base = f"http://127.0.0.1:{server.port}/fhir"
         client = make_transport(args.client, args.timeout)
@@ -788,7 +789,7 @@ def sekmet_comparison(args: argparse.Namespace, url: str, dsn: str, tmp: Path
             client.close()
 
     ekd_srv = ekd_server_for(args, url, tmp, "ekd-subset")
-    with running(ekd_srv, timeout_s=args.start_timeout):
+    with running(ekd_srv, timeout_s=args.start_timeout), bearer(ekd_srv):
         wait_until_idle(ekd_srv)
         base = f"http://127.0.0.1:{ekd_srv.port}/fhir"
         client = make_transport(args.client, args.timeout)
