@@ -84,6 +84,9 @@ class Settings:
     rate_limit: int = 60_000
     #: Requests a client may send in one burst above its steady rate.
     rate_burst: int = 10_000
+    #: Whether a read's audit record must reach the disk before the response (PostgreSQL
+    #: synchronous commit). False: committed before the response, flushed moments later.
+    audit_durable_reads: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -113,6 +116,8 @@ class Settings:
                                if o.strip()),
             rate_limit=_env_int("EKD_RATE_LIMIT", 60_000),
             rate_burst=_env_int("EKD_RATE_BURST", 10_000),
+            audit_durable_reads=os.environ.get("EKD_AUDIT_DURABLE_READS", "true").lower()
+            not in ("0", "false", "no", "off"),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **clean) if clean else settings

@@ -334,3 +334,27 @@ def test_rate_limit_per_client(services: Services) -> None:
         form = {"grant_type": "client_credentials"}
         token_statuses = [c.post("/auth/token", data=form).status_code for _ in range(4)]
         assert token_statuses[0] == 400 and token_statuses[-1] == 429
+
+
+def test_reads_are_audited_with_relaxed_durability(services: Services) -> None:
+    """EKD_AUDIT_DURABLE_READS=false changes when the disk sees a read's record, not whether
+    it is committed before the response."""
+    from dataclasses import replace
+
+    from sqlalchemy import func, select
+
+    from ekd.store.schema import audit_event
+
+    relaxed = replace(services, settings=replace(services.settings, audit_durable_reads=False))
+    security = security_for(relaxed)
+    with TestClient(create_app(services=relaxed, security=security),
+                    raise_server_exceptions=False) as c:
+        me = {"Authorization": "Bearer " + token(security, relaxed)}
+        pid = id_from_location(c.post("/fhir/Patient", headers=me,
+                                      json=patient("Los")).headers["location"])
+        for _ in range(3):
+            assert c.get(f"/fhir/Patient/{pid}", headers=me).status_code == 200
+        with relaxed.db.read() as conn:
+            reads = conn.execute(select(func.count()).select_from(audit_event).where(
+                audit_event.c.subtype == "read")).scalar_one()
+    assert reads == 3

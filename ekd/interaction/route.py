@@ -213,19 +213,17 @@ def _handle(services: Services, req: FhirRequest, *, audited: bool) -> FhirRespo
         with services.db.autocommit() as conn:
             return interaction(services, services.store(conn), req)
     if is_read_only(req):
-        if audited and services.db.dialect != "sqlite":
-            # One transaction for the read and its record: PostgreSQL takes both in stride.
-            with services.db.write() as conn:
-                resp = interaction(services, services.store(conn, req.org), req)
-                log.append(conn, [audit.record(req, resp)])
-            return resp
-        with services.db.read() as conn:
+        if not audited:
+            with services.db.read() as conn:
+                return interaction(services, services.store(conn), req)
+        # One write transaction for the read and its record: the record is committed before
+        # the response exists. (On SQLite this takes the write lock for the read too; a read
+        # transaction cannot be upgraded safely once another writer has committed.)
+        with services.db.write() as conn:
             resp = interaction(services, services.store(conn, req.org), req)
-        if audited:
-            # SQLite cannot turn a read transaction into a write one once another writer
-            # committed: the record gets a write transaction of its own.
-            with services.db.write() as conn:
-                log.append(conn, [audit.record(req, resp)])
+            if not services.settings.audit_durable_reads:
+                relax_read_audit_commit(conn)
+            log.append(conn, [audit.record(req, resp)])
         return resp
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
@@ -239,6 +237,17 @@ def _handle(services: Services, req: FhirRequest, *, audited: bool) -> FhirRespo
             if attempt == MAX_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
+
+
+def relax_read_audit_commit(conn) -> None:  # type: ignore[no-untyped-def]
+    """`EKD_AUDIT_DURABLE_READS=false`: a read's audit record is committed before the response
+    is sent, but PostgreSQL may acknowledge the commit before its WAL reaches the disk
+    (synchronous_commit off, for this transaction only). A database crash can then lose the
+    read records of its last moments (at most three times wal_writer_delay); writes and their
+    records stay synchronous. SQLite (WAL, synchronous=NORMAL) never waits for the disk at
+    commit anyway."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO off")
 
 
 def committed(services: Services, responses: list[FhirResponse]) -> None:
