@@ -10,8 +10,9 @@
   version only and are rewritten in the same transaction as the resource, so deleted and
   superseded versions never match.
 
-`org` on `resource` and on index rows is the organisation that holds the dossier (NULL until
-organisation scoping is switched on), so scoped reads and searches need no join.
+`org` on `resource`, `resource_version` and index rows is the organisation that holds the
+dossier (NULL for the shared conformance resources), so scoped reads and searches need no
+join.
 The schema is created by Alembic migrations (`ekd/store/migrations`), never by `create_all`
 in production code.
 """
@@ -53,7 +54,6 @@ resource = Table(
     Column("org", String(64), nullable=True),
     UniqueConstraint("type", "id", name="uq_resource_type_id"),
     Index("ix_resource_type_last_updated", "type", "last_updated"),
-    Index("ix_resource_org_type", "org", "type"),
 )
 
 resource_version = Table(
