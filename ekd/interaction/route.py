@@ -209,9 +209,17 @@ def handle(services: Services, req: FhirRequest) -> FhirResponse:
 def _handle(services: Services, req: FhirRequest, *, audited: bool) -> FhirResponse:
     interaction = select(req)
     authorise(req, interaction)
-    if not audited and interaction in SINGLE_STATEMENT:
+    if interaction in SINGLE_STATEMENT and (not audited or services.db.dialect != "sqlite"):
         with services.db.autocommit() as conn:
-            return interaction(services, services.store(conn), req)
+            resp = interaction(services, services.store(conn, req.org), req)
+            if audited:
+                # PostgreSQL: the read and then the record, each one statement in its own
+                # implicit transaction (the append is atomic by itself): two round trips and
+                # no BEGIN/COMMIT, the record committed before the response exists.
+                if not services.settings.audit_durable_reads:
+                    relax_read_audit_commit(conn)
+                log.append(conn, [audit.record(req, resp)])
+            return resp
     if is_read_only(req):
         if not audited:
             with services.db.read() as conn:
@@ -246,8 +254,13 @@ def relax_read_audit_commit(conn) -> None:  # type: ignore[no-untyped-def]
     read records of its last moments (at most three times wal_writer_delay); writes and their
     records stay synchronous. SQLite (WAL, synchronous=NORMAL) never waits for the disk at
     commit anyway."""
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name != "postgresql":
+        return
+    if conn.in_transaction():
         conn.exec_driver_sql("SET LOCAL synchronous_commit TO off")
+    elif not conn.info.get("ekd_async_commit"):  # an autocommit connection: once per session
+        conn.exec_driver_sql("SET synchronous_commit TO off")
+        conn.info["ekd_async_commit"] = True
 
 
 def committed(services: Services, responses: list[FhirResponse]) -> None:
