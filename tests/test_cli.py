@@ -120,3 +120,43 @@ def test_reindex_command(tmp_path: Path) -> None:
     assert "Already indexed" in again.output
     redo = runner.invoke(app, ["reindex", "--database-url", url, "--restart", "-t", "Patient"])
     assert redo.exit_code == 0 and "Reindexed 0 of 0" in redo.output
+
+
+def test_db_adopt_gives_ownerless_resources_to_an_organisation(tmp_path: Path) -> None:
+    """Data stored before organisation scoping is invisible to every caller until adopted."""
+    from ekd.api.app import build_services
+    from ekd.config import Settings
+    from ekd.interaction import route
+    from ekd.security.principal import Principal, Role
+    from ekd.security.scopes import parse_scopes
+    from ekd.store.database import Database
+
+    url = f"sqlite:///{tmp_path / 'adopt.db'}"
+    db = Database(url)
+    db.upgrade()
+    services = build_services(Settings(database_url=url, jgz_enforce=False), db)
+    with db.write() as conn:  # as the server stored it before #6: no owner
+        services.store(conn).create("Patient", "oud", {"resourceType": "Patient"})
+        services.store(conn).create("ValueSet", "vs", {"resourceType": "ValueSet",
+                                                      "status": "draft"})
+    caller = Principal(org="90000010", client_id="c", role=Role.SYSTEM,
+                       scopes=parse_scopes("system/*.cruds"))
+
+    def read(rtype: str, rid: str) -> int:
+        req = route.parse_path("GET", f"/{rtype}/{rid}", [], "http://x/fhir")
+        req.principal = caller
+        try:
+            return route.handle(services, req).status
+        except Exception as exc:
+            return getattr(exc, "status", 500)
+
+    assert read("Patient", "oud") == 404
+    assert read("ValueSet", "vs") == 200  # shared
+    bad = runner.invoke(app, ["db", "adopt", "--ura", "123", "--database-url", url])
+    assert bad.exit_code != 0
+    result = runner.invoke(app, ["db", "adopt", "--ura", "90000010", "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert "1 resources now belong to organisation 90000010" in result.output
+    assert read("Patient", "oud") == 200
+    assert read("ValueSet", "vs") == 200
+    db.dispose()

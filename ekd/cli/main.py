@@ -222,6 +222,23 @@ def db_upgrade(
     console.print(f"{db.display_url}: {before or 'empty'} -> {db.current_revision()}")
 
 
+@db_app.command("adopt")
+def db_adopt(
+    ura: Annotated[str, typer.Option(help="URA of the organisation that holds the data.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Give resources stored before organisation scoping (they have no owner, so no caller
+    sees them) to one organisation. Shared profiles and terminology stay shared."""
+    from ekd.store.database import Database
+    from ekd.store.ownership import adopt
+
+    if not (len(ura) == 8 and ura.isdigit()):
+        raise typer.BadParameter("a URA is 8 digits", param_hint="--ura")
+    db = Database(_settings(database_url).database_url)
+    _ensure_schema(db)
+    console.print(f"{adopt(db, ura)} resources now belong to organisation {ura}")
+
+
 @db_app.command("current")
 def db_current(database_url: DatabaseUrl = None) -> None:
     """Show the schema revision of the database."""
