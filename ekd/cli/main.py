@@ -115,13 +115,7 @@ def serve(
 def _security(settings: Settings, db: object, base: str, dev_role: str) -> None:
     """Production: keys and clients must be there. Development: make them, print a token."""
     from ekd.security.principal import Role
-    from ekd.security.service import (
-        DEV_USER_ID,
-        DEV_USER_NAME,
-        Security,
-        SecurityConfigError,
-        default_issuer,
-    )
+    from ekd.security.service import Security, SecurityConfigError, default_issuer
     from ekd.security.tokens import TokenError
 
     try:
@@ -136,11 +130,8 @@ def _security(settings: Settings, db: object, base: str, dev_role: str) -> None:
         return
     try:
         role = Role(dev_role)
+        token = security.ensure_dev_client(role, audience=base, lifetime=DEV_TOKEN_LIFETIME)
         client = security.dev_client()
-        user = None if role is Role.SYSTEM else DEV_USER_ID
-        token = security.tokens.mint(client.client_id, role=role, audience=base, user_id=user,
-                                     user_name=DEV_USER_NAME if user else None,
-                                     lifetime=DEV_TOKEN_LIFETIME)
     except (ValueError, TokenError) as exc:
         console.print(f"[red]No development token for role {dev_role!r}: {exc}[/red]")
         raise typer.Exit(2) from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from ekd.security.scopes import Scope
@@ -42,10 +42,7 @@ class Principal:
     source: str | None = None
     #: `jti` of the access token, for tracing a session in the audit log.
     token_id: str | None = None
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     def at(self, source: str | None) -> Principal:
         """The same caller seen from a network address."""
-        from dataclasses import replace
-
         return replace(self, source=source)

@@ -70,14 +70,14 @@ class Security:
         return cls(keys, clients, tokens, settings)
 
     def ensure_dev_client(self, role: Role | str = Role.JEUGDARTS, *, audience: str,
-                          org: str = DEV_ORG) -> str:
+                          org: str = DEV_ORG, lifetime: int | None = None) -> str:
         """Register the local development client if it is missing and return a token for it
         in `role` (for `ekd serve` to print). Refused in production mode."""
         client = self.dev_client(org)
         chosen = Role(role)
         user = None if chosen is Role.SYSTEM else DEV_USER_ID
         return self.tokens.mint(client.client_id, role=chosen, audience=audience, user_id=user,
-                                user_name=DEV_USER_NAME if user else None)
+                                user_name=DEV_USER_NAME if user else None, lifetime=lifetime)
 
     def dev_client(self, org: str = DEV_ORG) -> Client:
         """The development client of an organisation (`ekd-dev` for the default one,
