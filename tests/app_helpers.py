@@ -6,9 +6,11 @@ database, with signing keys generated into a temporary folder (never committed).
 
 from __future__ import annotations
 
+import httpx
 from fastapi.testclient import TestClient
 
 from ekd.api.app import create_app
+from ekd.fhir.resource_types import SHARED_TYPES
 from ekd.interaction.base import Services
 from ekd.security.principal import Role
 from ekd.security.service import Security, default_issuer
@@ -41,12 +43,34 @@ def token(security: Security, services: Services, *, org: str = TEST_ORG,
                                 user_name=user_name, scope=scope, on_behalf_of=on_behalf_of)
 
 
+class TwoUsers(httpx.Auth):
+    """Writes of shared conformance resources (profiles, ValueSets, SearchParameters, ...) as
+    a beheerder, the only role that may make them; every other request as `default`. A
+    request that names its own Authorization header keeps it."""
+
+    def __init__(self, default: str, beheerder: str) -> None:
+        self.default = default
+        self.beheerder = beheerder
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        if "authorization" not in request.headers:
+            parts = request.url.path.split("/")  # "", "fhir", type, ...
+            conformance = (request.method in ("POST", "PUT", "PATCH", "DELETE")
+                           and len(parts) > 2 and parts[2] in SHARED_TYPES
+                           and not parts[-1].startswith("$"))
+            chosen = self.beheerder if conformance else self.default
+            request.headers["Authorization"] = f"Bearer {chosen}"
+        yield request
+
+
 def fhir_client(services: Services, *, org: str = TEST_ORG, role: Role | str = Role.SYSTEM,
                 scope: str = ALL_SCOPES, security: Security | None = None) -> TestClient:
-    """A TestClient (use it with `with`) whose requests carry a token for `org` in `role`."""
+    """A TestClient (use it with `with`) whose requests carry a token for `org` in `role`, and
+    a beheerder's of the same organisation for writes of conformance resources."""
     security = security or security_for(services)
     app = create_app(services=services, security=security)
     client = TestClient(app, raise_server_exceptions=False)
-    client.headers["Authorization"] = "Bearer " + token(
-        security, services, org=org, role=role, scope=scope)
+    client.auth = TwoUsers(
+        token(security, services, org=org, role=role, scope=scope),
+        token(security, services, org=org, role=Role.BEHEERDER, scope=ALL_SCOPES))
     return client

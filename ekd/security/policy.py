@@ -10,7 +10,7 @@ they never widen it.
 | administrative | cruds | cruds | crus      | cruds | rs        | cruds  |
 | clinical       | cruds | cruds | crus      | -     | -         | cruds  |
 | consent        | cruds | cruds | rs        | rs    | rs        | cruds  |
-| conformance    | rs    | rs    | rs        | rs    | cruds     | cruds  |
+| conformance    | rs    | rs    | rs        | rs    | cruds     | rs     |
 | audit          | -     | -     | -         | -     | rs        | rs     |
 
 arts = jeugdarts, vpk = jeugdverpleegkundige, assistent = doktersassistent, admin =
@@ -74,7 +74,7 @@ MATRIX: dict[Role, dict[Category, str]] = {
     Role.BEHEERDER: {Category.ADMINISTRATIVE: "rs", Category.CONSENT: "rs",
                      Category.CONFORMANCE: _ALL, Category.AUDIT: "rs"},
     Role.SYSTEM: {Category.ADMINISTRATIVE: _ALL, Category.CLINICAL: _ALL,
-                  Category.CONSENT: _ALL, Category.CONFORMANCE: _ALL, Category.AUDIT: "rs"},
+                  Category.CONSENT: _ALL, Category.CONFORMANCE: "rs", Category.AUDIT: "rs"},
 }
 
 _NAMES = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
