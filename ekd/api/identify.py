@@ -21,11 +21,12 @@ class Identify:
         self.limiter = limiter
 
     def __call__(self, request: Request, audience: str) -> Principal:
-        principal = bearer_principal(self.security, request, audience)
+        address = request.client.host if request.client else None
+        principal = bearer_principal(self.security, request, audience)  # source already set
         if principal is None:
             cert = client_certificate(request.scope)
             if cert is not None:
-                principal = certificate_principal(self.security.clients, cert)
+                principal = certificate_principal(self.security.clients, cert).at(address)
         if principal is None:
             raise Unauthorized("An access token (Authorization: Bearer) or an organisation "
                                "certificate is required", error=None)
@@ -34,4 +35,4 @@ class Identify:
             seconds = retry_after(wait)
             raise TooManyRequests(f"Too many requests from this client; retry in {seconds} s",
                                   headers={"Retry-After": seconds})
-        return principal.at(request.client.host if request.client else None)
+        return principal

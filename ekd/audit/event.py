@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ekd.audit.record import AuditRecord
+from ekd.fhir import naming_systems
 from ekd.jgz import CANONICAL
 
-URA_SYSTEM = "http://fhir.nl/fhir/NamingSystem/ura"
+URA_SYSTEM = naming_systems.URA
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"

@@ -13,10 +13,10 @@ from urllib.parse import urlencode
 
 from ekd.audit.record import AuditRecord, PatientRef
 from ekd.errors import FhirError
+from ekd.fhir import naming_systems
 from ekd.interaction.base import FhirRequest, FhirResponse
 from ekd.store.resources import Stored, now
 
-BSN_SYSTEM = "http://fhir.nl/fhir/NamingSystem/bsn"
 _PATIENT_FIELDS = ("subject", "patient", "beneficiary")
 
 
@@ -45,7 +45,7 @@ _ACTION = {"read": "R", "vread": "R", "history-instance": "R", "create": "C", "u
 
 def _bsn(patient: dict) -> str | None:
     for identifier in patient.get("identifier") or ():
-        if isinstance(identifier, dict) and identifier.get("system") == BSN_SYSTEM:
+        if isinstance(identifier, dict) and identifier.get("system") == naming_systems.BSN:
             value = identifier.get("value")
             return value if isinstance(value, str) else None
     return None

@@ -23,13 +23,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from ekd.fhir import naming_systems
 from ekd.jgz import BDS_ELEMENTS, profile_url, value_list_system
 
 DEFAULT_REFERENCE_DATE = dt.date(2026, 11, 1)
 
-BSN_SYSTEM = "http://fhir.nl/fhir/NamingSystem/bsn"
-URA_SYSTEM = "http://fhir.nl/fhir/NamingSystem/ura"
-UZI_PERSON_SYSTEM = "http://fhir.nl/fhir/NamingSystem/uzi-nr-pers"
+BSN_SYSTEM = naming_systems.BSN
+URA_SYSTEM = naming_systems.URA
+UZI_PERSON_SYSTEM = naming_systems.UZI_PERSON
 URA_OID = "2.16.528.1.1007.3.3"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

@@ -39,7 +39,6 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import ColumnOperators
 
 from ekd.errors import InvalidRequest
-from ekd.fhir.resource_types import SHARED_TYPES
 from ekd.search.index import FAR_FUTURE, FAR_PAST, UCUM, UNITS, canonical_quantity
 from ekd.search.params import (
     Chain,
@@ -54,6 +53,7 @@ from ekd.search.params import (
     SortKey,
     Token,
 )
+from ekd.store import resources
 from ekd.store.schema import (
     resource,
     search_composite,
@@ -102,9 +102,7 @@ def visible(ctx: Context, alias: FromClause, rtype: str) -> ColumnElement[bool]:
     """Rows of `alias` (a resource table alias of type `rtype`) the search may see: every
     table the query joins to is scoped, so a chain or `_has` cannot probe another
     organisation's resources through a reference to them."""
-    if ctx.org is None or rtype in SHARED_TYPES:
-        return true()
-    return alias.c.org == ctx.org
+    return resources.visible(ctx.org, alias, rtype)
 
 
 def prefix_range(col: ColumnOperators, prefix: str) -> ColumnElement[bool]:

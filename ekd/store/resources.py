@@ -46,6 +46,18 @@ class Stored:
         return f'W/"{self.version}"'
 
 
+def visible(org: str | None, table, rtype: str | None = None  # type: ignore[no-untyped-def]
+            ) -> ColumnElement[bool]:
+    """The scoping rule, for every query that reads resource rows: an organisation sees its
+    own rows and the shared conformance resources; `org=None` (the server's own work) sees
+    all. With `rtype` known the test on the type is settled here rather than in SQL."""
+    if org is None or rtype in SHARED_TYPES:
+        return true()
+    if rtype is not None:
+        return table.c.org == org
+    return or_(table.c.org == org, table.c.type.in_(SHARED_TYPES))
+
+
 def now() -> datetime:
     """Server time with millisecond precision: what `meta.lastUpdated` can faithfully carry."""
     t = datetime.now(UTC)
@@ -158,9 +170,7 @@ class ResourceStore:
 
     def visible(self, table) -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
         """Rows of `table` (with `type` and `org` columns) this store may see."""
-        if self.org is None:
-            return true()
-        return or_(table.c.org == self.org, table.c.type.in_(SHARED_TYPES))
+        return visible(self.org, table)
 
     def _db_time(self, t: datetime) -> datetime:
         # SQLite keeps naive text; store UTC without offset so comparisons stay lexical.
