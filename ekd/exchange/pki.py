@@ -16,10 +16,8 @@ one folder::
 Keys are written unencrypted with mode 0600: this is a *test* PKI, generated on the spot and
 never committed. Only the `cryptography` package is used.
 
-`Pki.verify` is what a receiver does with a peer's chain: path validation to the root with
-`cryptography.x509.verification` and then the CRL by hand, because that library does no
-revocation checking. A missing, expired or badly signed CRL rejects the certificate (fail
-closed): a receiver that cannot tell whether a certificate is revoked must not trust it.
+`Pki.verify` is what a receiver does with a peer's chain; the logic lives in
+`ekd.exchange.trust.Trust` (roots and CRL only, no CA keys), which real receivers use.
 """
 
 from __future__ import annotations
@@ -34,18 +32,16 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from ekd.security.certificates import (
-    SERVER_CERTIFICATE,
-    UZI_OTHER_NAME_OID,
-    InvalidOrganisationCertificate,
-    ura_from_certificate,
-)
+from ekd.exchange.trust import CertificateRejected, Trust
+from ekd.security.certificates import SERVER_CERTIFICATE, UZI_OTHER_NAME_OID
+
+#: Re-exported: callers catch it from here since before `Trust` existed.
+__all__ = ["CRL_DAYS", "TEST_DOMAIN", "UZI_SERVER_CA_OID", "CertificateRejected", "Entry", "Issued",
+           "KeyType", "Pki", "PrivateKey", "check_ura", "init"]
 
 KeyType = Literal["ec", "rsa"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -63,11 +59,6 @@ _INTERMEDIATE_DAYS = 1825
 #: Back-dating of notBefore/lastUpdate so that a peer whose clock runs slightly behind accepts
 #: a certificate issued a moment ago.
 _SKEW = timedelta(minutes=5)
-
-
-class CertificateRejected(ValueError):
-    """A certificate (chain) must not be trusted. The message says why and never holds key
-    material; a certificate is public, so the message may be shown to the peer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,63 +359,14 @@ class Pki:
     # --- verification ----------------------------------------------------------------------
 
     def verify(self, cert_chain: list[x509.Certificate], *, at: datetime | None = None) -> str:
-        """Validate a peer's chain (leaf first, then intermediates) and return its URA.
+        """Validate a peer's chain (leaf first, then intermediates) and return its URA, as a
+        receiver trusting only this PKI's root and CRL would: see `Trust.verify`. Any failure
+        raises `CertificateRejected`."""
+        return self.trust().verify(cert_chain, at=at)
 
-        Path validation to this PKI's root at `at` (default now) with the web-PKI client
-        policy of `cryptography` (EKU clientAuth, SAN present, key and basic constraints),
-        then the published CRL: the leaf must not be listed, and the CRL must be signed by the
-        leaf's issuer and current at `at`. Any failure raises `CertificateRejected`.
-        """
-        if not cert_chain:
-            raise CertificateRejected("No certificate was presented")
-        moment = _utc(at)
-        leaf, intermediates = cert_chain[0], list(cert_chain[1:])
-        verifier = (PolicyBuilder().store(Store([self.root])).time(moment)
-                    .build_client_verifier())
-        try:
-            verified = verifier.verify(leaf, intermediates)
-        except VerificationError as exc:
-            raise CertificateRejected(f"Certificate chain not trusted: {exc}") from None
-        chain = verified.chain
-        if len(chain) < 2:  # the root itself presented as a leaf
-            raise CertificateRejected("A CA certificate cannot identify an organisation")
-        self._check_crl(leaf, issuer=chain[1], at=moment)
-        try:
-            ura = ura_from_certificate(leaf)
-        except InvalidOrganisationCertificate as exc:
-            raise CertificateRejected(str(exc)) from None
-        if ura is None:
-            raise CertificateRejected("The certificate names no organisation (no UZI URA)")
-        return ura
-
-    def _check_crl(self, leaf: x509.Certificate, *, issuer: x509.Certificate,
-                   at: datetime) -> None:
-        """Fail closed: no CRL, an unreadable one, one from another issuer, a bad signature or
-        one outside its lastUpdate..nextUpdate window all reject the certificate."""
-        try:
-            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
-        except FileNotFoundError:
-            raise CertificateRejected("No CRL published: revocation status unknown") from None
-        except ValueError:
-            raise CertificateRejected("The CRL cannot be read: revocation status unknown") \
-                from None
-        if crl.issuer != issuer.subject:
-            raise CertificateRejected("The CRL is not from the certificate's issuer")
-        try:
-            valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
-        except (InvalidSignature, TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise CertificateRejected("The CRL signature is invalid: revocation status unknown")
-        if crl.next_update_utc is None or at > crl.next_update_utc:
-            raise CertificateRejected("The CRL has expired: revocation status unknown")
-        if at < crl.last_update_utc:
-            raise CertificateRejected("The CRL is not yet valid: revocation status unknown")
-        entry = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
-        if entry is not None:
-            raise CertificateRejected(
-                f"Certificate {leaf.serial_number:X} was revoked on "
-                f"{entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC")
+    def trust(self) -> Trust:
+        """What a receiver of this PKI's certificates holds: the root and the CRL file."""
+        return Trust([self.root], self.crl_path)
 
 
 def init(folder: Path, *, name: str = "ekd test PKI", key_type: KeyType = "ec") -> Pki:
