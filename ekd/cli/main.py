@@ -13,6 +13,7 @@ from ekd.cli.auth import client_app, keys_app, token_app
 from ekd.cli.bds import app as bds_app
 from ekd.cli.conformance import app as conformance_app
 from ekd.cli.demo import demo_data as demo_data_command
+from ekd.cli.exchange import app as exchange_app
 from ekd.cli.pki import app as pki_app
 from ekd.cli.reindex import reindex as reindex_command
 from ekd.cli.validate import validate as validate_command
@@ -32,6 +33,7 @@ app.add_typer(client_app, name="client")
 app.add_typer(keys_app, name="keys")
 app.add_typer(token_app, name="token")
 app.add_typer(pki_app, name="pki")
+app.add_typer(exchange_app, name="exchange")
 app.command("demo-data")(demo_data_command)
 app.command("validate")(validate_command)
 app.command("reindex")(reindex_command)
