@@ -23,6 +23,16 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be a whole number, got {raw!r}") from exc
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
+
+
 def _env_mode(name: str) -> str:
     raw = (os.environ.get(name) or "development").lower()
     if raw not in ("development", "production"):
@@ -87,6 +97,31 @@ class Settings:
     #: Whether a read's audit record must reach the disk before the response (PostgreSQL
     #: synchronous commit). False: committed before the response, flushed moments later.
     audit_durable_reads: bool = True
+    #: Dossier transfer (`ekd.transfer`): this organisation's certificate and key (UZI server
+    #: certificate layout), the CA chain sent along, the root it trusts and the CRL it checks.
+    #: Transfer is off unless cert, key, root, CRL and relay are all set.
+    exchange_cert: str = ""
+    exchange_key: str = ""
+    exchange_chain: str = ""
+    exchange_root: str = ""
+    exchange_crl: str = ""
+    #: The relay (`ekd exchange serve`): its URL and the URA its certificate must carry.
+    exchange_relay: str = ""
+    exchange_relay_ura: str = ""
+    #: The directory's public key (PEM): entries are trusted only when it signed them. The
+    #: entries come from the relay, or from `exchange_directory` (a folder) when that is set.
+    exchange_directory_key: str = ""
+    exchange_directory: str = ""
+    #: Run the transfer worker (outbox, inbox, bulk runs) inside `ekd serve`.
+    exchange_worker: bool = True
+    #: Seconds between the worker's polls when there is nothing to do.
+    exchange_poll: float = 0.5
+    #: Outbox retries: first delay and cap (seconds), and attempts before dead-letter.
+    exchange_retry_base: float = 2.0
+    exchange_retry_cap: float = 300.0
+    exchange_max_attempts: int = 12
+    #: A package created longer ago than this (seconds) is flagged as stale when it arrives.
+    exchange_max_age: int = 7 * 24 * 3600
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -118,6 +153,22 @@ class Settings:
             rate_burst=_env_int("EKD_RATE_BURST", 10_000),
             audit_durable_reads=os.environ.get("EKD_AUDIT_DURABLE_READS", "true").lower()
             not in ("0", "false", "no", "off"),
+            exchange_cert=os.environ.get("EKD_EXCHANGE_CERT", ""),
+            exchange_key=os.environ.get("EKD_EXCHANGE_KEY", ""),
+            exchange_chain=os.environ.get("EKD_EXCHANGE_CHAIN", ""),
+            exchange_root=os.environ.get("EKD_EXCHANGE_ROOT", ""),
+            exchange_crl=os.environ.get("EKD_EXCHANGE_CRL", ""),
+            exchange_relay=os.environ.get("EKD_EXCHANGE_RELAY", "").rstrip("/"),
+            exchange_relay_ura=os.environ.get("EKD_EXCHANGE_RELAY_URA", ""),
+            exchange_directory_key=os.environ.get("EKD_EXCHANGE_DIRECTORY_KEY", ""),
+            exchange_directory=os.environ.get("EKD_EXCHANGE_DIRECTORY", ""),
+            exchange_worker=os.environ.get("EKD_EXCHANGE_WORKER", "true").lower()
+            not in ("0", "false", "no", "off"),
+            exchange_poll=_env_float("EKD_EXCHANGE_POLL", 0.5),
+            exchange_retry_base=_env_float("EKD_EXCHANGE_RETRY_BASE", 2.0),
+            exchange_retry_cap=_env_float("EKD_EXCHANGE_RETRY_CAP", 300.0),
+            exchange_max_attempts=_env_int("EKD_EXCHANGE_MAX_ATTEMPTS", 12),
+            exchange_max_age=_env_int("EKD_EXCHANGE_MAX_AGE", 7 * 24 * 3600),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **clean) if clean else settings

@@ -37,7 +37,8 @@ def empty_database(db: Database, *, clients: bool = True) -> None:
     for a test that empties the database between requests of one client) registered clients
     (the schema stays)."""
     tables = [*INDEX_TABLES, "reindex_job", "resource_version", "resource", "audit_patient",
-              "audit_event", "audit_head"]
+              "audit_event", "audit_head", "transfer", "transfer_outbox", "transfer_inbox",
+              "transfer_origin", "transfer_job"]
     if clients:
         tables += ["auth_jti", "auth_client"]
     with db.engine.begin() as conn:

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from ekd import __version__
-from ekd.api import auth, errors, fhir, middleware
+from ekd.api import auth, errors, exchange, fhir, middleware
 from ekd.api.identify import Identify
 from ekd.config import Settings
 from ekd.definitions.registry import Registry
@@ -29,6 +29,8 @@ from ekd.security.ratelimit import RateLimiter
 from ekd.security.service import Security, default_issuer
 from ekd.store.database import Database
 from ekd.terminology.service import TerminologyService
+from ekd.transfer.context import Exchange
+from ekd.transfer.worker import Worker
 from ekd.validation import Validator
 from ekd.validation.validator import ProfileValidator
 
@@ -110,6 +112,7 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     return Services(
         db=db,
         settings=settings,
+        exchange=Exchange.from_settings(settings),
         search=build_search(registry, terminology),
         validator=build_validator(registry, terminology),
         definitions=registry,
@@ -141,6 +144,12 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     serve = fhir.endpoint(services, identify)
     app.include_router(fhir.router(serve))
     app.router.routes[:0] = fhir.dispatch_routes(serve)
+    if services.exchange is not None:
+        app.include_router(exchange.router(services, services.exchange, identify))
+        if settings.exchange_worker:
+            worker = Worker(services, services.exchange)
+            app.router.on_startup.append(worker.start)
+            app.router.on_shutdown.append(worker.stop)
 
     @app.get("/health/live", tags=["health"], summary="The process is up")
     def live() -> JSONResponse:

@@ -43,14 +43,6 @@ _ACTION = {"read": "R", "vread": "R", "history-instance": "R", "create": "C", "u
            "patch": "U", "delete": "D"}
 
 
-def _bsn(patient: dict) -> str | None:
-    for identifier in patient.get("identifier") or ():
-        if isinstance(identifier, dict) and identifier.get("system") == naming_systems.BSN:
-            value = identifier.get("value")
-            return value if isinstance(value, str) else None
-    return None
-
-
 def _patient_reference(value: object) -> str | None:
     if not isinstance(value, dict):
         return None
@@ -66,7 +58,7 @@ def patients_of(resources: Iterable[dict]) -> tuple[PatientRef, ...]:
     for content in resources:
         if content.get("resourceType") == "Patient" and content.get("id"):
             ref = f"Patient/{content['id']}"
-            found[ref] = _bsn(content) or found.get(ref)
+            found[ref] = naming_systems.bsn_of(content) or found.get(ref)
             continue
         for name in _PATIENT_FIELDS:
             ref = _patient_reference(content.get(name))

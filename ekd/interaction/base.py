@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ekd.config import Settings
 from ekd.definitions.registry import Registry
@@ -19,6 +20,9 @@ from ekd.store.database import Database
 from ekd.store.resources import ResourceStore, Stored
 from ekd.terminology.service import TerminologyService
 from ekd.validation import Validator
+
+if TYPE_CHECKING:
+    from ekd.transfer.context import Exchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,8 @@ class Services:
     checks: tuple[Callable[[ResourceStore, dict], list[Issue]], ...] = ()
     #: Search parameters in force and the queries over their index tables.
     search: SearchService = field(default_factory=lambda: SearchService(SearchParameters()))
+    #: This organisation's place in the dossier exchange (`ekd.transfer`); None: not configured.
+    exchange: Exchange | None = None
 
     def store(self, conn, org: str | None = None) -> ResourceStore:
         """A store on `conn`, scoped to `org` (None: the server's own, unscoped work)."""

@@ -20,9 +20,20 @@ def profiles_for(services: Services, resource: dict) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+def validation_issues(services: Services, resource: dict) -> list[Issue]:
+    """Every issue the validator finds against the profiles the resource must meet; a resource
+    that fits no JGZ profile it should is one error issue (nothing raised: callers checking a
+    whole dossier want all problems at once)."""
+    try:
+        profiles = profiles_for(services, resource)
+    except ResourceInvalid as exc:
+        return list(exc.issues)
+    return services.validator.validate(resource, profiles)
+
+
 def validate(services: Services, resource: dict, store: ResourceStore) -> list[Issue]:
     """Validate; raise on errors (nothing is stored), return warnings to report."""
-    issues = services.validator.validate(resource, profiles_for(services, resource))
+    issues = validation_issues(services, resource)
     if resource.get("resourceType") == "SearchParameter":
         issues += _search_parameter_issues(resource)
     errors = [i for i in issues if i.severity in ("error", "fatal")]

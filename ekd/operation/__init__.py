@@ -6,6 +6,7 @@ from ekd.interaction.operation import Operation
 from ekd.operation import (
     codesystem_lookup,
     patient_everything,
+    patient_transfer,
     validate,
     valueset_expand,
     valueset_validate_code,
@@ -18,4 +19,5 @@ OPERATIONS: list[Operation] = [
     valueset_validate_code.OPERATION,
     codesystem_lookup.OPERATION,
     patient_everything.OPERATION,
+    patient_transfer.OPERATION,
 ]

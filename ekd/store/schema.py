@@ -32,6 +32,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -262,4 +263,117 @@ audit_head = Table(
     Column("org", String(64), primary_key=True),
     Column("last_pk", PK, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# -- dossier transfer (ekd.transfer) ---------------------------------------------------------------
+
+#: One row per dossier transfer this organisation sends: its state machine
+#: (`ekd.transfer.states`). The sealed package is kept, so a retry resends identical bytes under
+#: the same transfer id.
+transfer = Table(
+    "transfer",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    #: Sender: this organisation's URA.
+    Column("org", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("recipient", String(64), nullable=False),
+    #: age4 | move | other
+    Column("reason", String(16), nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("job_id", String(36), nullable=True),
+    Column("created", TIME, nullable=False),
+    Column("updated", TIME, nullable=False),
+    #: Who asked (user or client id), for the audit trail of later steps.
+    Column("requested_by", String(128), nullable=False),
+    #: The JWE as sent to the relay, and the SHA-256 of it (what receipts name).
+    Column("package", Text, nullable=True),
+    Column("package_hash", String(64), nullable=True),
+    Column("resources", Integer, nullable=True),
+    Column("technical_receipt", Text, nullable=True),
+    Column("application_receipt", Text, nullable=True),
+    #: Why it was cancelled, rejected or failed: a list of {code, element?, message}.
+    Column("problems", CONTENT, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    #: A worker's lease on a row it is working on (bulk preparation); NULL when free.
+    Column("claimed_until", TIME, nullable=True),
+    Index("ix_transfer_org_state", "org", "state"),
+    Index("ix_transfer_job", "job_id", "state"),
+    Index("ix_transfer_patient", "org", "patient_id"),
+)
+
+#: Messages waiting to go to the relay, written in the same transaction as the state change
+#: that needs them (transactional outbox). Sent at least once; the relay and the receiver
+#: deduplicate on `message_id`.
+transfer_outbox = Table(
+    "transfer_outbox",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("org", String(64), nullable=False),
+    Column("message_id", String(36), nullable=False),
+    #: package | receipt
+    Column("kind", String(16), nullable=False),
+    Column("transfer_id", String(36), nullable=False),
+    Column("recipient", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    #: pending | sent | failed
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt", TIME, nullable=False),
+    Column("claimed_until", TIME, nullable=True),
+    Column("last_error", String(2000), nullable=True),
+    Column("created", TIME, nullable=False),
+    UniqueConstraint("message_id", name="uq_transfer_outbox_message"),
+    Index("ix_transfer_outbox_due", "state", "next_attempt"),
+)
+
+#: Packages received from other organisations. The unique (org, sender, transfer id) makes a
+#: second delivery of the same transfer find the first: same payload hash, the stored receipt;
+#: another payload, a refusal. The import and the state change commit together.
+transfer_inbox = Table(
+    "transfer_inbox",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("org", String(64), nullable=False),
+    Column("sender", String(64), nullable=False),
+    Column("transfer_id", String(36), nullable=False),
+    Column("payload_hash", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    #: received | imported | rejected | review
+    Column("state", String(16), nullable=False),
+    Column("received", TIME, nullable=False),
+    Column("processed", TIME, nullable=True),
+    Column("technical_receipt", Text, nullable=False),
+    Column("application_receipt", Text, nullable=True),
+    Column("problems", CONTENT, nullable=True),
+    #: The local Patient id the dossier was imported into.
+    Column("patient_id", String(64), nullable=True),
+    Column("claimed_until", TIME, nullable=True),
+    UniqueConstraint("org", "sender", "transfer_id", name="uq_transfer_inbox_transfer"),
+    Index("ix_transfer_inbox_state", "org", "state"),
+)
+
+#: Which local resource each imported resource became, per sending organisation: a second
+#: transfer of the same child updates these instead of duplicating them.
+transfer_origin = Table(
+    "transfer_origin",
+    metadata,
+    Column("org", String(64), primary_key=True),
+    Column("sender", String(64), primary_key=True),
+    #: "Type/id" at the sender.
+    Column("source", String(140), primary_key=True),
+    #: "Type/id" here.
+    Column("local", String(140), nullable=False),
+)
+
+#: Bulk transfer runs (`ekd transfer bulk`): the cohort as asked; the children are `transfer`
+#: rows with this `job_id`, so the run resumes after a crash and reports per state.
+transfer_job = Table(
+    "transfer_job",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("org", String(64), nullable=False),
+    Column("criteria", CONTENT, nullable=False),
+    Column("created", TIME, nullable=False),
+    Column("requested_by", String(128), nullable=False),
 )
