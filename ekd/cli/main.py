@@ -16,6 +16,7 @@ from ekd.cli.demo import demo_data as demo_data_command
 from ekd.cli.exchange import app as exchange_app
 from ekd.cli.pki import app as pki_app
 from ekd.cli.reindex import reindex as reindex_command
+from ekd.cli.transfer import app as transfer_app
 from ekd.cli.validate import validate as validate_command
 from ekd.config import Settings
 
@@ -34,6 +35,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(token_app, name="token")
 app.add_typer(pki_app, name="pki")
 app.add_typer(exchange_app, name="exchange")
+app.add_typer(transfer_app, name="transfer")
 app.command("demo-data")(demo_data_command)
 app.command("validate")(validate_command)
 app.command("reindex")(reindex_command)
@@ -119,7 +121,7 @@ def serve(
 def _security(settings: Settings, db: object, base: str, dev_role: str) -> None:
     """Production: keys and clients must be there. Development: make them, print a token."""
     from ekd.security.principal import Role
-    from ekd.security.service import Security, SecurityConfigError, default_issuer
+    from ekd.security.service import DEV_ORG, Security, SecurityConfigError, default_issuer
     from ekd.security.tokens import TokenError
 
     try:
@@ -134,8 +136,10 @@ def _security(settings: Settings, db: object, base: str, dev_role: str) -> None:
         return
     try:
         role = Role(dev_role)
-        token = security.ensure_dev_client(role, audience=base, lifetime=DEV_TOKEN_LIFETIME)
-        client = security.dev_client()
+        org = _exchange_org(settings) or DEV_ORG
+        token = security.ensure_dev_client(role, audience=base, org=org,
+                                           lifetime=DEV_TOKEN_LIFETIME)
+        client = security.dev_client(org)
     except (ValueError, TokenError) as exc:
         console.print(f"[red]No development token for role {dev_role!r}: {exc}[/red]")
         raise typer.Exit(2) from None
@@ -249,3 +253,14 @@ def db_current(database_url: DatabaseUrl = None) -> None:
 def version() -> None:
     """Print the ekd and FHIR versions."""
     typer.echo(f"ekd {__version__} (FHIR {FHIR_VERSION})")
+
+
+def _exchange_org(settings: object) -> str | None:
+    """With dossier transfer configured, the development organisation is the one whose
+    certificate the server holds (it can only send for that organisation)."""
+    from pathlib import Path
+
+    from ekd.security.certificates import ura_from_pem
+
+    cert = getattr(settings, "exchange_cert", "")
+    return ura_from_pem(Path(cert).read_text()) if cert else None
