@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
+from ekd.exchange.pki import write_file
 from ekd.fhir import naming_systems
 from ekd.security.certificates import InvalidOrganisationCertificate, ura_from_certificate
 
@@ -337,24 +336,6 @@ def _read_entries(folder: Path) -> list[str]:
     return data
 
 
-def _write(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> None:
-    """Atomic replace (a reader never sees half a file); `exclusive` refuses to overwrite."""
-    if exclusive:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-
-
 class Directory:
     """The directory *service*: holds the signing key and signs entries. Create the folder
     with `Directory.init`, open it with `Directory(folder)`."""
@@ -377,13 +358,12 @@ class Directory:
         if (folder / KEY_FILE).exists() or (folder / PUBLIC_KEY_FILE).exists():
             raise FileExistsError(f"{folder} already holds a directory; not overwriting it")
         key = ec.generate_private_key(ec.SECP256R1())
-        _write(folder / KEY_FILE, key.private_bytes(
+        write_file(folder / KEY_FILE, key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()), mode=0o600, exclusive=True)
-        _write(folder / PUBLIC_KEY_FILE, key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
-            exclusive=True)
-        _write(folder / ENTRIES_FILE, b"[]\n")
+            serialization.NoEncryption()), mode=0o600)
+        write_file(folder / PUBLIC_KEY_FILE, key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        write_file(folder / ENTRIES_FILE, b"[]\n")
         return cls(folder)
 
     def sign(self, entry: DirectoryEntry) -> str:
@@ -435,7 +415,7 @@ class Directory:
 
     def _save(self, tokens: dict[str, str]) -> None:
         data = json.dumps([tokens[ura] for ura in sorted(tokens)], indent=1) + "\n"
-        _write(self.folder / ENTRIES_FILE, data.encode("ascii"))
+        write_file(self.folder / ENTRIES_FILE, data.encode("ascii"), replace=True)
 
 
 # --- FHIR (IHE mCSD-style Organization + Endpoint) ---------------------------------------------

@@ -41,7 +41,7 @@ from ekd.security.certificates import SERVER_CERTIFICATE, UZI_OTHER_NAME_OID
 
 #: Re-exported: callers catch it from here since before `Trust` existed.
 __all__ = ["CRL_DAYS", "TEST_DOMAIN", "UZI_SERVER_CA_OID", "CertificateRejected", "Entry", "Issued",
-           "KeyType", "Pki", "PrivateKey", "check_ura", "init"]
+           "KeyType", "Pki", "PrivateKey", "check_ura", "init", "write_file"]
 
 KeyType = Literal["ec", "rsa"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -94,7 +94,7 @@ def _new_key(key_type: KeyType) -> PrivateKey:
     raise ValueError(f"key_type must be 'ec' or 'rsa', not {key_type!r}")
 
 
-def _write(path: Path, data: bytes, *, mode: int = 0o644, replace: bool = False) -> None:
+def write_file(path: Path, data: bytes, *, mode: int = 0o644, replace: bool = False) -> None:
     """Write a file created with `mode` from the start (a key is never world-readable, not
     even for a moment); without `replace`, an existing file is an error."""
     if not replace:
@@ -197,7 +197,7 @@ class Pki:
         return json.loads(self._state_path.read_text(encoding="utf-8"))
 
     def _save_state(self, state: dict[str, object]) -> None:
-        _write(self._state_path, json.dumps(state, indent=2, sort_keys=True).encode() + b"\n",
+        write_file(self._state_path, json.dumps(state, indent=2, sort_keys=True).encode() + b"\n",
                replace=True)
 
     # --- creation --------------------------------------------------------------------------
@@ -279,8 +279,8 @@ class Pki:
                 self._intermediate_key.public_key()), critical=False)
             .sign(self._intermediate_key, hashes.SHA256())
         )
-        _write(key_path, _key_pem(key), mode=0o600, replace=replace)
-        _write(cert_path, _cert_pem(cert), replace=replace)
+        write_file(key_path, _key_pem(key), mode=0o600, replace=replace)
+        write_file(cert_path, _cert_pem(cert), replace=replace)
         self._save_state(state)
         return Issued(ura=ura, cert=cert, cert_path=cert_path, key_path=key_path,
                       chain_path=self.chain_path)
@@ -353,7 +353,7 @@ class Pki:
         crl = builder.sign(self._intermediate_key, hashes.SHA256())
         state["crl_number"] = number
         self._save_state(state)
-        _write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), replace=True)
+        write_file(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), replace=True)
         return crl
 
     # --- verification ----------------------------------------------------------------------
@@ -395,12 +395,12 @@ def init(folder: Path, *, name: str = "ekd test PKI", key_type: KeyType = "ec") 
         subject=intermediate_name, issuer=root_name, public_key=intermediate_key.public_key(),
         signing_key=root_key, issuer_key=root_key.public_key(), path_length=0,
         days=_INTERMEDIATE_DAYS)
-    _write(folder / "root.key", _key_pem(root_key), mode=0o600)
-    _write(folder / "intermediate.key", _key_pem(intermediate_key), mode=0o600)
-    _write(folder / "root.pem", _cert_pem(root))
-    _write(folder / "intermediate.pem", _cert_pem(intermediate))
-    _write(folder / "chain.pem", _cert_pem(intermediate) + _cert_pem(root))
-    _write(folder / "state.json", b'{"crl_number": 0, "revoked": {}}\n')
+    write_file(folder / "root.key", _key_pem(root_key), mode=0o600)
+    write_file(folder / "intermediate.key", _key_pem(intermediate_key), mode=0o600)
+    write_file(folder / "root.pem", _cert_pem(root))
+    write_file(folder / "intermediate.pem", _cert_pem(intermediate))
+    write_file(folder / "chain.pem", _cert_pem(intermediate) + _cert_pem(root))
+    write_file(folder / "state.json", b'{"crl_number": 0, "revoked": {}}\n')
     pki = Pki(folder, root, intermediate, intermediate_key)
     pki.crl()
     return pki
