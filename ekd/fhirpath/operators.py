@@ -186,10 +186,16 @@ def _membership(op: str, left: Ev, right: Ev) -> Ev:
 
 
 def _union(op: str, left: Ev, right: Ev) -> Ev:
+    # `a | b | c | ...` parses as nested unions; evaluated as nested, a list of n code
+    # literals (the JGZ value-list invariants hold hundreds) would deduplicate O(n^2) items per
+    # evaluation. Flattened, all operands share one pass.
+    parts = (*getattr(left, "union_parts", (left,)), *getattr(right, "union_parts", (right,)))
+
     def union(env: Env) -> list:
         seen = Seen()
-        return [x for x in (*left(env), *right(env)) if seen.add(x)]
+        return [x for part in parts for x in part(env) if seen.add(x)]
 
+    union.union_parts = parts  # type: ignore[attr-defined]
     return union
 
 
