@@ -120,6 +120,9 @@ class Settings:
     exchange_retry_base: float = 2.0
     exchange_retry_cap: float = 300.0
     exchange_max_attempts: int = 12
+    #: How long (seconds) a worker holds the rows it took (outbox, inbox, bulk children) before
+    #: another process may take them over: a killed worker's work waits this long.
+    exchange_lease: int = 120
     #: A package created longer ago than this (seconds) is flagged as stale when it arrives.
     exchange_max_age: int = 7 * 24 * 3600
 
@@ -169,6 +172,7 @@ class Settings:
             exchange_retry_cap=_env_float("EKD_EXCHANGE_RETRY_CAP", 300.0),
             exchange_max_attempts=_env_int("EKD_EXCHANGE_MAX_ATTEMPTS", 12),
             exchange_max_age=_env_int("EKD_EXCHANGE_MAX_AGE", 7 * 24 * 3600),
+            exchange_lease=_env_int("EKD_EXCHANGE_LEASE", 120),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **clean) if clean else settings

@@ -132,3 +132,66 @@ def test_a_resend_imports_nothing_twice(world: World) -> None:
     assert imports == 1
     assert after > before
     assert transfer_state(world, started["id"]) == "imported"
+
+
+def ggd_counts(world: World) -> dict[str, int]:
+    services = world.orgs[GGD]
+    with services.db.read() as conn:
+        rows = conn.execute(select(resource.c.type, func.count()).where(
+            resource.c.org == GGD).group_by(resource.c.type)).all()
+    return {t: int(n) for t, n in rows}
+
+
+def test_a_second_transfer_of_the_same_child_merges_without_duplicates(world: World) -> None:
+    child = patient_id_of(world.load_child(THUISZORG))
+    first = send(world, child)
+    world.pump()
+    assert transfer_state(world, first["id"]) == "imported"
+    after_first = ggd_counts(world)
+    second = send(world, child, reason="move")
+    world.pump()
+    assert transfer_state(world, second["id"]) == "imported"
+    after_second = ggd_counts(world)
+    # one more receiver Provenance (and the sender's new one); nothing else duplicated
+    assert after_second.pop("Provenance") == after_first.pop("Provenance") + 2
+    assert after_second == after_first
+    services = world.orgs[GGD]
+    with services.db.read() as conn:
+        rows = conn.execute(select(transfer_inbox.c.state, transfer_inbox.c.patient_id)).all()
+    assert [r.state for r in rows] == ["imported", "imported"]
+    assert rows[0].patient_id == rows[1].patient_id
+
+
+def test_a_known_bsn_with_another_name_goes_to_review(world: World) -> None:
+    child = patient_id_of(world.load_child(THUISZORG))
+    first = send(world, child)
+    world.pump()
+    services = world.orgs[GGD]
+    with services.db.read() as conn:
+        local = conn.execute(select(transfer_inbox.c.patient_id)).scalar_one()
+    # the GGD corrected the family name meanwhile: BSN and birth date agree, the name not
+    patient = handle(services, FhirRequest(method="GET", base=BASE, type="Patient", id=local,
+                                           principal=principal(GGD))).body
+    assert patient is not None
+    patient["name"][0]["family"] = "Anders"
+    assert handle(services, FhirRequest(method="PUT", base=BASE, type="Patient", id=local,
+                                        body=patient, principal=principal(GGD))).status == 200
+    before = ggd_counts(world)
+    second = send(world, child, reason="move")
+    world.pump()
+    with services.db.read() as conn:
+        row = conn.execute(select(transfer_inbox).order_by(transfer_inbox.c.pk.desc())
+                           ).mappings().first()
+    assert row is not None and row["state"] == "review"
+    assert row["problems"][0]["code"] == "review" and "name" in row["problems"][0]["message"]
+    assert ggd_counts(world) == before  # nothing imported while in review
+    assert transfer_state(world, second["id"]) == "accepted"
+    assert transfer_state(world, first["id"]) == "imported"
+    # a reviewer decides: a different child after all
+    from ekd.transfer import importer
+
+    assert services.exchange is not None
+    assert importer.process(services, services.exchange, dict(row), decision="new") == "imported"
+    world.pump()
+    assert transfer_state(world, second["id"]) == "imported"
+    assert ggd_counts(world)["Patient"] == before["Patient"] + 1

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from sqlalchemy import ColumnElement, Table, or_, select, update
 
+from ekd.config import Settings
 from ekd.store.database import Database
 from ekd.store.resources import now
 
@@ -38,5 +39,7 @@ def claim(db: Database, table: Table, key: str, where: list[ColumnElement[bool]]
         return [dict(r) for r in rows]
 
 
-def release(conn, table: Table, key: str, value: object) -> None:  # type: ignore[no-untyped-def]
-    conn.execute(update(table).where(table.c[key] == value).values(claimed_until=None))
+def lease_of(settings: Settings) -> timedelta:
+    """The configured lease (`EKD_EXCHANGE_LEASE`)."""
+    return timedelta(seconds=settings.exchange_lease)
+

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import orjson
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from ekd.audit import log
 from ekd.audit.record import AuditRecord, PatientRef
@@ -36,7 +36,7 @@ from ekd.interaction.base import Services
 from ekd.interaction.write import validation_issues
 from ekd.store.resources import ResourceStore, instant, now
 from ekd.store.schema import transfer_inbox, transfer_origin, transfer_outbox
-from ekd.transfer import claims, consent, package, seal
+from ekd.transfer import claims, consent, failpoints, package, seal
 from ekd.transfer.context import Exchange
 from ekd.transfer.inbox import receipt_claims
 from ekd.transfer.sender import worker_principal
@@ -71,7 +71,7 @@ class Opened:
 def process_due(services: Services, exchange: Exchange, *, limit: int = 5) -> int:
     rows = claims.claim(services.db, transfer_inbox, "pk", [
         transfer_inbox.c.org == exchange.ura, transfer_inbox.c.state == "received"],
-        limit=limit, order_by="pk")
+        limit=limit, order_by="pk", lease=claims.lease_of(services.settings))
     for row in rows:
         process(services, exchange, row)
     return len(rows)
@@ -94,7 +94,10 @@ def process(services: Services, exchange: Exchange, row: dict, *,
             with services.db.write() as conn:
                 if not _still(conn, row["pk"], expected):
                     return "done"
-                return _import(services, exchange, conn, row, opened, decision)
+                outcome = _import(services, exchange, conn, row, opened, decision)
+                failpoints.hit("receiver-before-import")
+            failpoints.hit("receiver-after-import")
+            return outcome
         except FhirError as exc:  # a resource the store refused, a lost race on an id
             if attempt == 2:
                 with services.db.write() as conn:
@@ -243,7 +246,8 @@ def _import(services: Services, exchange: Exchange, conn: Connection, row: dict,
     else:
         local_patient = decision.removeprefix("Patient/")
     sender_ura = opened.envelope.sender
-    mapping = _map_ids(services, store, conn, sender_ura, opened, local_patient)
+    mapping, known = _map_ids(services, store, conn, sender_ura, opened, local_patient,
+                              fresh=decision == "new")
     refs = _reference_map(opened.bundle, mapping)
     imported: list[str] = []
     origins = []
@@ -259,10 +263,11 @@ def _import(services: Services, exchange: Exchange, conn: Connection, row: dict,
                 if k not in ("versionId", "lastUpdated", "source")}
         meta["source"] = f"urn:ura:{sender_ura}#{key}"
         content["meta"] = meta
-        prev = store.current(rtype, rid, lock=True)
-        if prev is None or prev.deleted:
-            store.create(rtype, rid, content, method="PUT") if prev is None \
-                else store.update(prev, content)
+        # A fresh id cannot exist yet; only resources known from an earlier transfer of the
+        # same sender are updated in place.
+        prev = store.current(rtype, rid, lock=True) if key in known else None
+        if prev is None:
+            store.create(rtype, rid, content, method="PUT")
         else:
             store.update(prev, content)
         imported.append(target)
@@ -277,26 +282,31 @@ def _import(services: Services, exchange: Exchange, conn: Connection, row: dict,
 
 
 def _map_ids(services: Services, store: ResourceStore, conn: Connection, sender_ura: str,
-             opened: Opened, local_patient: str | None) -> dict[str, tuple[str, bool]]:
-    """Sender "Type/id" → (local "Type/id", reuse-as-is)."""
+             opened: Opened, local_patient: str | None, *, fresh: bool = False
+             ) -> tuple[dict[str, tuple[str, bool]], set[str]]:
+    """Sender "Type/id" → (local "Type/id", reuse-as-is); and the keys that map to a resource
+    imported before (to be updated, not created). `fresh` (a reviewer's "a new child"):
+    nothing is taken for what an earlier transfer brought."""
     keys = [f"{r['resourceType']}/{r['id']}" for r in opened.resources]
-    known = {r.source: r.local for r in conn.execute(select(
+    known = {} if fresh else {r.source: r.local for r in conn.execute(select(
         transfer_origin.c.source, transfer_origin.c.local).where(
         transfer_origin.c.org == store.org, transfer_origin.c.sender == sender_ura,
         transfer_origin.c.source.in_(keys)))}
     mapping: dict[str, tuple[str, bool]] = {}
+    updated: set[str] = set()
     for resource, key in zip(opened.resources, keys, strict=True):
         rtype = resource["resourceType"]
         if key == opened.envelope.patient and local_patient is not None:
             mapping[key] = (f"Patient/{local_patient}", True)
         elif key in known and store.current(*known[key].split("/", 1)) is not None:
             mapping[key] = (known[key], False)
+            updated.add(key)
         elif rtype in REUSED_BY_IDENTIFIER and (local := _by_identifier(
                 services, store, rtype, resource)) is not None:
             mapping[key] = (local, True)
         else:
             mapping[key] = (f"{rtype}/{uuid.uuid4()}", False)
-    return mapping
+    return mapping, updated
 
 
 def _by_identifier(services: Services, store: ResourceStore, rtype: str, resource: dict
@@ -363,12 +373,14 @@ def _receiver_provenance(exchange: Exchange, opened: Opened, imported: list[str]
 
 
 def _save_origins(conn: Connection, origins: list[dict]) -> None:
-    for origin in origins:
-        done = conn.execute(update(transfer_origin).where(
-            transfer_origin.c.org == origin["org"], transfer_origin.c.sender == origin["sender"],
-            transfer_origin.c.source == origin["source"]).values(local=origin["local"])).rowcount
-        if not done:
-            conn.execute(insert(transfer_origin).values(**origin))
+    """Replace the origin rows of these sources in two statements (not one per resource)."""
+    if not origins:
+        return
+    org, sender_ura = origins[0]["org"], origins[0]["sender"]
+    conn.execute(delete(transfer_origin).where(
+        transfer_origin.c.org == org, transfer_origin.c.sender == sender_ura,
+        transfer_origin.c.source.in_([o["source"] for o in origins])))
+    conn.execute(insert(transfer_origin), origins)
 
 
 def _finish(services: Services, exchange: Exchange, conn: Connection, row: dict, state: str,

@@ -29,7 +29,7 @@ from ekd.errors import Conflict, InvalidRequest, Unprocessable
 from ekd.interaction.base import Services
 from ekd.store.resources import instant, now
 from ekd.store.schema import transfer_inbox
-from ekd.transfer import seal, sender
+from ekd.transfer import failpoints, seal, sender
 from ekd.transfer.context import Exchange
 from ekd.transfer.states import FINAL, IllegalTransition, State
 
@@ -73,6 +73,7 @@ def accept_package(services: Services, exchange: Exchange, delivery: Delivery) -
                     org=exchange.ura, sender=delivery.sender, transfer_id=delivery.transfer_id,
                     payload_hash=digest, body=delivery.body.decode("ascii"), state="received",
                     received=now(), technical_receipt=technical))
+            failpoints.hit("receiver-before-stored")
         except IntegrityError:
             # A concurrent delivery of the same transfer got in first (PostgreSQL waited for
             # its commit): that one is being processed.

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from ekd.interaction.base import Services
 from ekd.store.resources import now
 from ekd.store.schema import transfer_outbox
-from ekd.transfer import claims, sender
+from ekd.transfer import claims, failpoints, sender
 from ekd.transfer.context import Exchange, RelayRefused, RelayUnavailable
 from ekd.transfer.states import FINAL, State
 
@@ -35,13 +35,15 @@ def dispatch_due(services: Services, exchange: Exchange, *, limit: int = 20) -> 
     """Send the messages that are due; how many were handled."""
     rows = claims.claim(services.db, transfer_outbox, "pk", [
         transfer_outbox.c.org == exchange.ura, transfer_outbox.c.state == "pending",
-        transfer_outbox.c.next_attempt <= now()], limit=limit, order_by="pk")
+        transfer_outbox.c.next_attempt <= now()], limit=limit, order_by="pk",
+        lease=claims.lease_of(services.settings))
     for row in rows:
         dispatch(services, exchange, row)
     return len(rows)
 
 
 def dispatch(services: Services, exchange: Exchange, row: dict) -> None:
+    failpoints.hit("sender-after-queue")
     if row["kind"] == "package" and not _still_wanted(services, row):
         return
     message = {"id": row["message_id"], "recipient": row["recipient"], "kind": row["kind"],
@@ -54,6 +56,7 @@ def dispatch(services: Services, exchange: Exchange, row: dict) -> None:
     except RelayRefused as exc:
         _failed(services, row, str(exc), retry=False)
         return
+    failpoints.hit("sender-after-relay")
     with services.db.write() as conn:
         conn.execute(update(transfer_outbox).where(transfer_outbox.c.pk == row["pk"]).values(
             state="sent", attempts=row["attempts"] + 1, claimed_until=None, last_error=None))
