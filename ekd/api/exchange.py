@@ -9,6 +9,8 @@ transfer service; nothing here touches the database directly.
 
 from __future__ import annotations
 
+from datetime import date
+
 from cryptography import x509
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -16,12 +18,12 @@ from starlette.concurrency import run_in_threadpool
 
 from ekd.api.fhir import base_url
 from ekd.api.identify import Identify
-from ekd.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from ekd.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge, Unauthorized
 from ekd.exchange.trust import CertificateRejected
 from ekd.interaction.base import Services
 from ekd.security import policy
 from ekd.security.principal import Principal
-from ekd.transfer import inbox, status
+from ekd.transfer import bulk, inbox, review, status
 from ekd.transfer.context import Exchange
 
 
@@ -91,4 +93,65 @@ def router(services: Services, exchange: Exchange, identify: Identify) -> APIRou
         rows = await run_in_threadpool(status.received, services, exchange.ura, state=state)
         return JSONResponse({"received": rows})
 
+    @api.post("/jobs", status_code=202, summary="Start a bulk transfer of a cohort")
+    async def start_job(request: Request) -> JSONResponse:
+        principal = _reader(identify, exchange, request)
+        body = await _json_object(request)
+        try:
+            born_from = date.fromisoformat(str(body.get("born_from")))
+            born_to = date.fromisoformat(str(body.get("born_to")))
+        except ValueError:
+            raise InvalidRequest("born_from and born_to must be dates (YYYY-MM-DD)",
+                                 expression="born_from") from None
+        job_id, children = await run_in_threadpool(
+            bulk.create_job, services, exchange, principal=principal, born_from=born_from,
+            born_to=born_to, postcode_from=_text(body, "postcode_from"),
+            postcode_to=_text(body, "postcode_to"), recipient=_text(body, "recipient"),
+            reason=_text(body, "reason") or "age4")
+        return JSONResponse({"job": job_id, "children": children}, status_code=202,
+                            headers={"Location": f"/exchange/jobs/{job_id}"})
+
+    @api.get("/jobs", summary="Bulk transfer runs of this organisation")
+    async def list_jobs(request: Request) -> JSONResponse:
+        _reader(identify, exchange, request)
+        return JSONResponse({"jobs": await run_in_threadpool(bulk.jobs, services,
+                                                             exchange.ura)})
+
+    @api.get("/jobs/{job_id}", summary="A bulk run's report (counts per category, children "
+             "needing attention)")
+    async def job_report(request: Request, job_id: str) -> JSONResponse:
+        _reader(identify, exchange, request)
+        return JSONResponse(await run_in_threadpool(bulk.report, services, exchange.ura,
+                                                    job_id))
+
+    @api.post("/received/{pk}/decision", summary="Decide on a dossier in manual review: "
+              '{"decision": "new" | "reject" | "Patient/<id>"}')
+    async def decide(request: Request, pk: int) -> JSONResponse:
+        principal = _reader(identify, exchange, request)
+        if not policy.allows(principal, "Patient", "u"):
+            raise Forbidden("Deciding on a received dossier needs write access to patients")
+        decision = _text(await _json_object(request), "decision") or ""
+        result, child = await run_in_threadpool(review.resolve, services, exchange, pk,
+                                                decision, principal)
+        return JSONResponse({"state": result, "patient": child})
+
     return api
+
+
+async def _json_object(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequest("The body is not JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object")
+    return body
+
+
+def _text(body: dict, name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string", expression=name)
+    return value

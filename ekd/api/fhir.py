@@ -107,11 +107,11 @@ def _http_response(request: Request, services: Services, resp: FhirResponse,
     fmt = request.state.format
     headers: dict[str, str] = {}
     stored = resp.stored
+    if resp.location:  # a created resource, or where an operation's outcome can be followed
+        headers["Location"] = resp.location
     if stored is not None:
         headers["ETag"] = stored.etag
         headers["Last-Modified"] = format_datetime(stored.last_updated, usegmt=True)
-        if resp.location:
-            headers["Location"] = resp.location
         if resp.write and not stored.deleted:
             headers["Content-Location"] = versioned_url(base_url(services, request), stored)
     body = resp.body

@@ -580,54 +580,26 @@ def review_resolve(
     merge: Annotated[str | None, typer.Option(
         "--merge", help="Import it into this child known here: its Patient id.",
         metavar="PATIENT_ID", show_default=False)] = None,
+    reject: Annotated[bool, typer.Option(
+        "--reject", help="Import nothing; the sender is told it was rejected.")] = False,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Decide on a received dossier: import it as a new child or into a known one.
+    """Decide on a received dossier: import it as a new child or into a known one, or reject it.
 
     The package is checked again (signature, profiles, objection) before anything is stored,
     and the sender gets the application receipt. Exit code 1 when it ends rejected.
     """
-    from sqlalchemy import select
+    from ekd.errors import FhirError
+    from ekd.transfer import review
 
-    from ekd.audit import log
-    from ekd.audit.record import AuditRecord, PatientRef
-    from ekd.store.resources import now
-    from ekd.store.schema import transfer_inbox
-    from ekd.transfer import importer
-
-    if new == (merge is not None):
-        raise _fail("Give exactly one of --new and --merge PATIENT_ID", 2)
+    if sum((new, merge is not None, reject)) != 1:
+        raise _fail("Give exactly one of --new, --merge PATIENT_ID and --reject", 2)
     services, exchange = _open(ctx, database_url)
-    with services.db.read() as conn:
-        found = conn.execute(select(transfer_inbox).where(
-            transfer_inbox.c.org == exchange.ura, transfer_inbox.c.pk == pk)).mappings().first()
-        target = merge.removeprefix("Patient/") if merge else None
-        local = services.store(conn, exchange.ura).current("Patient", target) if target \
-            else None
-        known = target is None or (local is not None and not local.deleted)
-    if found is None:
-        raise _fail(f"No received dossier {pk} in organisation {exchange.ura}")
-    if found["state"] != "review":
-        raise _fail(f"Received dossier {pk} is {found['state']}, not waiting for review")
-    if not known:
-        raise _fail(f"Patient/{target} is not known in organisation {exchange.ura}")
-    decision = "new" if target is None else f"Patient/{target}"
-    result = importer.process(services, exchange, dict(found), decision=decision)
-    if result == "done":
-        raise _fail(f"Received dossier {pk} was decided meanwhile by someone else")
-    with services.db.write() as conn:
-        child = conn.execute(select(transfer_inbox.c.patient_id).where(
-            transfer_inbox.c.pk == pk)).scalar()
-        # The import is audited as the worker's; who decided is recorded here.
-        log.append(conn, [AuditRecord(
-            interaction="transfer", action="E", status=200 if result == "imported" else 422,
-            principal=_principal(exchange), recorded=now(), resource_type="Patient",
-            entities=(f"Patient/{child}",) if child else (),
-            patients=(PatientRef(f"Patient/{child}"),) if child else (),
-            operation="transfer-review-decision", description=None
-            if result == "imported" else f"Import after review: {result}",
-            extra={"transfer": found["transfer_id"], "sender": found["sender"],
-                   "decision": decision})])
+    decision = "new" if new else "reject" if reject else f"Patient/{merge.removeprefix('Patient/')}"  # type: ignore[union-attr]
+    try:
+        result, child = review.resolve(services, exchange, pk, decision, _principal(exchange))
+    except FhirError as exc:
+        raise _fail(exc.diagnostics) from None
     out.print(f"Received dossier {pk}: {result}" + (f" as Patient/{child}" if child else ""))
     if result != "imported":
         raise typer.Exit(1)

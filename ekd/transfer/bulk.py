@@ -28,14 +28,13 @@ from sqlalchemy import Connection, func, insert, null, select, update
 
 from ekd.audit import log
 from ekd.audit.record import AuditRecord
-from ekd.errors import Forbidden, InvalidRequest, NotFound, Unprocessable
+from ekd.errors import InvalidRequest, NotFound, Unprocessable
 from ekd.exchange.directory import DirectoryError, DirectoryView, postcode_number
 from ekd.interaction.base import Services
-from ekd.security import policy
 from ekd.security.principal import Principal
 from ekd.store.resources import ResourceStore, as_utc, instant, now
 from ekd.store.schema import transfer, transfer_job
-from ekd.transfer import claims, package, sender
+from ekd.transfer import claims, sender
 from ekd.transfer.context import Exchange
 from ekd.transfer.states import BEFORE_DISPATCH, IllegalTransition, State
 
@@ -84,13 +83,7 @@ def create_job(services: Services, exchange: Exchange, *, principal: Principal, 
     child's postcode; a child no organisation serves is in the job as `invalid`
     (`no-recipient`), so the report shows it instead of the cohort silently shrinking.
     """
-    exchange.require_sender(principal.org)
-    if not policy.allows(principal, "Observation", "r"):
-        raise Forbidden("Transferring dossiers discloses clinical content, which this role "
-                        "may not read")
-    if reason not in package.REASONS:
-        raise InvalidRequest(f"reason must be one of {', '.join(package.REASONS)}",
-                             expression="reason")
+    sender.check_request(exchange, principal, reason)
     if born_from > born_to:
         raise InvalidRequest("born_from is after born_to", expression="born_from")
     low = _postcode_bound(postcode_from, "postcode_from", 1000)
@@ -125,8 +118,9 @@ def create_job(services: Services, exchange: Exchange, *, principal: Principal, 
                     continue
                 target, why = (recipient, None) if recipient is not None \
                     else _route(exchange, directory, postcode)
-                row = _new_row(exchange, patient["id"], target or "", reason, job_id,
-                               requested_by)
+                row = sender.new_row(exchange, patient_id=patient["id"],
+                                     recipient=target or "", reason=reason, job_id=job_id,
+                                     requested_by=requested_by)
                 if why is None:
                     rows.append(row)
                 else:
@@ -239,17 +233,6 @@ def _already_transferring(conn: Connection, org: str, patient_ids: list[str]) ->
     return set(conn.execute(select(transfer.c.patient_id).where(
         transfer.c.org == org, transfer.c.patient_id.in_(patient_ids),
         transfer.c.state.in_([s.value for s in ALREADY_TRANSFERRING]))).scalars())
-
-
-def _new_row(exchange: Exchange, patient_id: str, recipient: str, reason: str, job_id: str,
-             requested_by: str) -> dict:
-    """A child's transfer row in state `prepared`, as `sender.start` makes one (written here
-    in batches: the checks start does per transfer were done once for the job)."""
-    moment = now()
-    return {"id": str(uuid.uuid4()), "org": exchange.ura, "patient_id": patient_id,
-            "recipient": recipient, "reason": reason, "state": State.PREPARED.value,
-            "job_id": job_id, "created": moment, "updated": moment,
-            "requested_by": requested_by, "attempts": 0}
 
 
 # -- running it ----------------------------------------------------------------------------------

@@ -108,6 +108,17 @@ def process(services: Services, exchange: Exchange, row: dict, *,
     raise AssertionError("unreachable")
 
 
+def reject(services: Services, exchange: Exchange, row: dict, *, reason: str) -> str:
+    """A reviewer's rejection of a dossier in review: nothing imported, the sender told."""
+    with services.db.write() as conn:
+        if not _still(conn, row["pk"], ("review",)):
+            return "done"
+        _finish(services, exchange, conn, row, "rejected",
+                [{"code": "review-rejected", "message": reason, "element": "Patient"}],
+                None, None)
+    return "rejected"
+
+
 def open_package(services: Services, exchange: Exchange, row: dict) -> Opened:
     """Everything that only reads the package. Rejected with the reason on any failure."""
     try:

@@ -18,12 +18,13 @@ from sqlalchemy import Connection, insert, select, update
 
 from ekd.audit import log
 from ekd.audit.record import AuditRecord, PatientRef
-from ekd.errors import InvalidRequest, Unprocessable
+from ekd.errors import Forbidden, InvalidRequest, Unprocessable
 from ekd.exchange.directory import DirectoryError
 from ekd.exchange.trust import CertificateRejected
 from ekd.fhir.naming_systems import bsn_of
 from ekd.interaction.base import Services
 from ekd.interaction.write import validation_issues
+from ekd.security import policy
 from ekd.security.principal import Principal, Role
 from ekd.store.resources import as_utc, instant, now
 from ekd.store.schema import transfer, transfer_outbox
@@ -64,13 +65,32 @@ def audit(conn: Connection, principal: Principal, row: dict, *, status: int, act
         extra={"transfer": row["id"], "recipient": row["recipient"]})])
 
 
-def start(exchange: Exchange, conn: Connection, *, principal: Principal, patient_id: str,
-          recipient: str, reason: str, job_id: str | None = None) -> dict:
-    """A new transfer row in state `prepared`; refuses a request that can never be sent."""
+def check_request(exchange: Exchange, principal: Principal, reason: str) -> None:
+    """Who may send, and why: the server's own organisation, a role that may read clinical
+    content (a transfer discloses all of it), a known reason."""
     exchange.require_sender(principal.org)
+    if not policy.allows(principal, "Observation", "r"):
+        raise Forbidden("Transferring a dossier discloses clinical content, which this role "
+                        "may not read")
     if reason not in package.REASONS:
         raise InvalidRequest(f"reason must be one of {', '.join(package.REASONS)}",
                              expression="reason")
+
+
+def new_row(exchange: Exchange, *, patient_id: str, recipient: str, reason: str,
+            job_id: str | None, requested_by: str) -> dict:
+    """A transfer row in state `prepared` (the one shape, for single and bulk transfers)."""
+    moment = now()
+    return {"id": str(uuid.uuid4()), "org": exchange.ura, "patient_id": patient_id,
+            "recipient": recipient, "reason": reason, "state": State.PREPARED.value,
+            "job_id": job_id, "created": moment, "updated": moment,
+            "requested_by": requested_by, "attempts": 0}
+
+
+def start(exchange: Exchange, conn: Connection, *, principal: Principal, patient_id: str,
+          recipient: str, reason: str, job_id: str | None = None) -> dict:
+    """A new transfer row in state `prepared`; refuses a request that can never be sent."""
+    check_request(exchange, principal, reason)
     if recipient == exchange.ura:
         raise InvalidRequest("An organisation cannot transfer a dossier to itself",
                              expression="recipient")
@@ -78,11 +98,8 @@ def start(exchange: Exchange, conn: Connection, *, principal: Principal, patient
         exchange.recipient(recipient)
     except DirectoryError as exc:
         raise Unprocessable(f"Recipient {recipient}: {exc}", expression="recipient") from None
-    moment = now()
-    row = {"id": str(uuid.uuid4()), "org": exchange.ura, "patient_id": patient_id,
-           "recipient": recipient, "reason": reason, "state": State.PREPARED.value,
-           "job_id": job_id, "created": moment, "updated": moment,
-           "requested_by": principal.user_id or principal.client_id, "attempts": 0}
+    row = new_row(exchange, patient_id=patient_id, recipient=recipient, reason=reason,
+                  job_id=job_id, requested_by=principal.user_id or principal.client_id)
     conn.execute(insert(transfer).values(**row))
     return row
 
