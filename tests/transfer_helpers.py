@@ -146,3 +146,17 @@ def build_world(services: Services, folder: Path, *, key_type: str = "ec") -> Wo
         orgs[ura] = dataclasses.replace(services, settings=settings, exchange=exchange)
     relay.orgs = orgs
     return World(pki, directory, relay, orgs)
+
+
+def make_world(url: str, folder: Path) -> World:
+    """A world on a fresh database at `url` (migrated here), JGZ profiles enforced: for the
+    benchmark scripts, which run outside pytest's fixtures."""
+    from ekd.api.app import build_services
+    from ekd.config import Settings
+    from ekd.store.database import Database
+
+    db = Database(url)
+    db.upgrade()
+    settings = Settings(database_url=url, base_url=BASE, jgz_enforce=True,
+                        key_dir=str(folder / "keys"))
+    return build_world(build_services(settings, db), folder)

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, func, insert, null, select, update
 
 from ekd.audit import log
 from ekd.audit.record import AuditRecord
-from ekd.errors import InvalidRequest, NotFound, Unprocessable
+from ekd.errors import InvalidRequest, NotFound
 from ekd.exchange.directory import DirectoryError, DirectoryView, postcode_number
 from ekd.interaction.base import Services
 from ekd.security.principal import Principal
@@ -92,7 +92,7 @@ def create_job(services: Services, exchange: Exchange, *, principal: Principal, 
         raise InvalidRequest("postcode_from is above postcode_to", expression="postcode_from")
     directory = exchange.directory()
     if recipient is not None:
-        _check_recipient(exchange, directory, recipient)
+        sender.check_recipient(exchange, recipient)
     filtered = postcode_from is not None or postcode_to is not None
     job_id = str(uuid.uuid4())
     requested_by = principal.user_id or principal.client_id
@@ -196,17 +196,6 @@ def _in_range(postcode: str | None, low: int, high: int) -> bool:
         return postcode is not None and low <= postcode_number(postcode) <= high
     except ValueError:
         return False
-
-
-def _check_recipient(exchange: Exchange, directory: DirectoryView, recipient: str) -> None:
-    """What `sender.start` checks per transfer, once for the job."""
-    if recipient == exchange.ura:
-        raise InvalidRequest("An organisation cannot transfer a dossier to itself",
-                             expression="recipient")
-    try:
-        directory.entry(recipient)
-    except DirectoryError as exc:
-        raise Unprocessable(f"Recipient {recipient}: {exc}", expression="recipient") from None
 
 
 def _route(exchange: Exchange, directory: DirectoryView, postcode: str | None

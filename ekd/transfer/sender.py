@@ -87,10 +87,8 @@ def new_row(exchange: Exchange, *, patient_id: str, recipient: str, reason: str,
             "requested_by": requested_by, "attempts": 0}
 
 
-def start(exchange: Exchange, conn: Connection, *, principal: Principal, patient_id: str,
-          recipient: str, reason: str, job_id: str | None = None) -> dict:
-    """A new transfer row in state `prepared`; refuses a request that can never be sent."""
-    check_request(exchange, principal, reason)
+def check_recipient(exchange: Exchange, recipient: str) -> None:
+    """The recipient is another organisation the (signed) directory knows."""
     if recipient == exchange.ura:
         raise InvalidRequest("An organisation cannot transfer a dossier to itself",
                              expression="recipient")
@@ -98,6 +96,13 @@ def start(exchange: Exchange, conn: Connection, *, principal: Principal, patient
         exchange.recipient(recipient)
     except DirectoryError as exc:
         raise Unprocessable(f"Recipient {recipient}: {exc}", expression="recipient") from None
+
+
+def start(exchange: Exchange, conn: Connection, *, principal: Principal, patient_id: str,
+          recipient: str, reason: str, job_id: str | None = None) -> dict:
+    """A new transfer row in state `prepared`; refuses a request that can never be sent."""
+    check_request(exchange, principal, reason)
+    check_recipient(exchange, recipient)
     row = new_row(exchange, patient_id=patient_id, recipient=recipient, reason=reason,
                   job_id=job_id, requested_by=principal.user_id or principal.client_id)
     conn.execute(insert(transfer).values(**row))

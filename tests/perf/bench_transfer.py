@@ -43,13 +43,10 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ekd.api.app import build_services  # noqa: E402
-from ekd.config import Settings  # noqa: E402
 from ekd.interaction.base import FhirRequest, Services  # noqa: E402
 from ekd.interaction.route import handle  # noqa: E402
 from ekd.interaction.write import validation_issues  # noqa: E402
 from ekd.jgz import demo  # noqa: E402
-from ekd.store.database import Database  # noqa: E402
 from ekd.transfer import importer, inbox, outbox, package, seal, sender, status  # noqa: E402
 from tests.transfer_helpers import (  # noqa: E402
     BASE,
@@ -57,7 +54,7 @@ from tests.transfer_helpers import (  # noqa: E402
     OTHER,
     THUISZORG,
     World,
-    build_world,
+    make_world,
     principal,
 )
 
@@ -162,17 +159,9 @@ def world_on(database_url: str | None) -> Iterator[World]:
             from tests.db_helpers import scratch_database
 
             with scratch_database(database_url, "ekd_bench_transfer") as url:
-                yield _world(url, folder)
+                yield make_world(url, folder)
         else:
-            yield _world(f"sqlite:///{folder / 'ekd.db'}", folder)
-
-
-def _world(url: str, folder: Path) -> World:
-    db = Database(url)
-    db.upgrade()
-    settings = Settings(database_url=url, base_url=BASE, jgz_enforce=True,
-                        key_dir=str(folder / "keys"))
-    return build_world(build_services(settings, db), folder)
+            yield make_world(f"sqlite:///{folder / 'ekd.db'}", folder)
 
 
 def main() -> None:

@@ -56,16 +56,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from ekd.api.app import build_services  # noqa: E402
-from ekd.config import Settings  # noqa: E402
 from ekd.errors import Issue  # noqa: E402
 from ekd.interaction.base import FhirRequest, Services  # noqa: E402
 from ekd.interaction.transaction import process  # noqa: E402
 from ekd.jgz import demo  # noqa: E402
-from ekd.store.database import Database  # noqa: E402
 from ekd.transfer import bulk  # noqa: E402
 from tests.db_helpers import scratch_database  # noqa: E402
-from tests.transfer_helpers import BASE, GGD, THUISZORG, World, build_world, principal  # noqa: E402
+from tests.transfer_helpers import BASE, GGD, THUISZORG, World, make_world, principal  # noqa: E402
 
 SEED = 11
 #: Children of a first, unmeasured job: caches and the allocator's arenas fill up on the first
@@ -143,14 +140,6 @@ def measured(trace: bool) -> Iterator[dict]:
 
 
 # -- the world -----------------------------------------------------------------------------------
-
-
-def make_world(url: str, folder: Path) -> World:
-    db = Database(url)
-    db.upgrade()
-    settings = Settings(database_url=url, base_url=BASE, jgz_enforce=True,
-                        key_dir=str(folder / "keys"))
-    return build_world(build_services(settings, db), folder)
 
 
 def load(world: World, count: int, *, validate: bool) -> list[str]:
