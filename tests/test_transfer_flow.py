@@ -81,6 +81,11 @@ def test_a_dossier_arrives_whole_and_once(world: World) -> None:
     # the receiver added one Provenance naming the transfer; the sender's came along too
     provenances = [r for r in received if r["resourceType"] == "Provenance"]
     assert len(provenances) == 2
+    # the sender keeps its copy, marked as transferred (and findable by the mark)
+    found = handle(world.orgs[THUISZORG], FhirRequest(
+        method="GET", base=BASE, type="Patient", principal=principal(THUISZORG),
+        params=[("_tag", "https://fhir.ekd.nl/CodeSystem/transfer-status|transferred")]))
+    assert [e["resource"]["id"] for e in (found.body or {})["entry"]] == [child]
 
 
 def _shape(resources: list[dict], *, drop_provenance: bool) -> list[tuple[str, str]]:

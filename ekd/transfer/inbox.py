@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ekd.errors import Conflict, InvalidRequest, Unprocessable
 from ekd.interaction.base import Services
+from ekd.jgz import CANONICAL
 from ekd.store.resources import instant, now
 from ekd.store.schema import transfer_inbox
 from ekd.transfer import failpoints, seal, sender
@@ -138,10 +139,11 @@ def apply_receipt(services: Services, exchange: Exchange, delivery: Delivery) ->
                     *(claims.get("problems") or [])]}
             else:
                 raise Unprocessable("The receipt is about another package", expression="hash")
-        _record_receipt(conn, row, claims, delivery.body.decode("ascii"))
+        _record_receipt(services, conn, row, claims, delivery.body.decode("ascii"))
 
 
-def _record_receipt(conn: Connection, row: dict, claims: dict, token: str) -> None:
+def _record_receipt(services: Services, conn: Connection, row: dict, claims: dict, token: str
+                    ) -> None:
     kind, status = claims.get("kind"), claims.get("status")
     if State(row["state"]) in FINAL:
         return  # a duplicate, or an application receipt that overtook the technical one
@@ -154,6 +156,7 @@ def _record_receipt(conn: Connection, row: dict, claims: dict, token: str) -> No
             return
         if status == "imported":
             moved = sender.move(conn, row, State.IMPORTED, application_receipt=token)
+            mark_transferred(services, conn, row)
             sender.audit(conn, sender.worker_principal(row["org"]), moved, status=200,
                          action="E", step="transfer-imported")
         elif status == "rejected":
@@ -168,6 +171,26 @@ def _record_receipt(conn: Connection, row: dict, claims: dict, token: str) -> No
                         problems=claims.get("problems") or [])
     except IllegalTransition:
         return
+
+
+#: The sender keeps its copy of the dossier; its Patient carries this tag once another
+#: organisation has imported it (`Patient?_tag=<system>|transferred`).
+TRANSFERRED_TAG = {"system": f"{CANONICAL}/CodeSystem/transfer-status", "code": "transferred",
+                   "display": "Dossier overgedragen"}
+
+
+def mark_transferred(services: Services, conn: Connection, row: dict) -> None:
+    store = services.store(conn, row["org"])
+    patient = store.current("Patient", row["patient_id"], lock=True)
+    if patient is None or patient.deleted or patient.content is None:
+        return
+    meta = dict(patient.content.get("meta") or {})
+    tags = list(meta.get("tag") or [])
+    if any(t.get("system") == TRANSFERRED_TAG["system"] and t.get("code") == "transferred"
+           for t in tags):
+        return
+    meta["tag"] = [*tags, dict(TRANSFERRED_TAG)]
+    store.update(patient, {**patient.content, "meta": meta})
 
 
 def _first_message(claims: dict) -> str | None:
