@@ -200,3 +200,32 @@ def test_a_known_bsn_with_another_name_goes_to_review(world: World) -> None:
     world.pump()
     assert transfer_state(world, second["id"]) == "imported"
     assert ggd_counts(world)["Patient"] == before["Patient"] + 1
+
+
+def test_receipts_for_a_package_whose_sending_was_not_recorded(world: World) -> None:
+    """The sender crashed after the relay stored the package, before it committed `sent`:
+    the receipts that come back prove the package went, and nothing is sent again."""
+    from ekd.store.schema import transfer_outbox
+
+    child = patient_id_of(world.load_child(THUISZORG))
+    started = send(world, child)
+    services = world.orgs[THUISZORG]
+    mine = (transfer_outbox.c.org == THUISZORG, transfer_outbox.c.kind == "package")
+    with services.db.read() as conn:
+        message = conn.execute(select(transfer_outbox).where(*mine)).mappings().one()
+    # the relay got it (as the sender's post did), but the sender recorded nothing
+    world.relay.accept(THUISZORG, {"id": message["message_id"], "recipient": GGD,
+                                   "kind": "package", "transfer": started["id"],
+                                   "body": message["body"]})
+    world.relay.deliver_all()
+    receiver = world.orgs[GGD]
+    assert receiver.exchange is not None
+    from ekd.transfer import importer
+
+    importer.process_due(receiver, receiver.exchange)
+    outbox.dispatch_due(receiver, receiver.exchange)  # the application receipt
+    world.relay.deliver_all()
+    assert transfer_state(world, started["id"]) == "imported"
+    with services.db.read() as conn:
+        assert conn.execute(select(transfer_outbox.c.state).where(*mine)).scalar_one() == "sent"
+    assert world.relay.queue == []

@@ -22,14 +22,14 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ekd.errors import Conflict, InvalidRequest, Unprocessable
 from ekd.interaction.base import Services
 from ekd.jgz import CANONICAL
 from ekd.store.resources import instant, now
-from ekd.store.schema import transfer_inbox
+from ekd.store.schema import transfer_inbox, transfer_outbox
 from ekd.transfer import failpoints, seal, sender
 from ekd.transfer.context import Exchange
 from ekd.transfer.states import FINAL, IllegalTransition, State
@@ -147,6 +147,13 @@ def _record_receipt(services: Services, conn: Connection, row: dict, claims: dic
     kind, status = claims.get("kind"), claims.get("status")
     if State(row["state"]) in FINAL:
         return  # a duplicate, or an application receipt that overtook the technical one
+    if State(row["state"]) in (State.QUEUED, State.FAILED_RETRYABLE):
+        # We crashed between the relay storing the package and our commit of `sent`: the
+        # signed receipt proves it went. Record that, and stop resending.
+        row = sender.move(conn, row, State.SENT)
+        conn.execute(update(transfer_outbox).where(
+            transfer_outbox.c.transfer_id == row["id"], transfer_outbox.c.kind == "package",
+            transfer_outbox.c.org == row["org"]).values(state="sent", claimed_until=None))
     try:
         if kind == "technical":
             if row["state"] == State.SENT:
@@ -170,7 +177,8 @@ def _record_receipt(services: Services, conn: Connection, row: dict, claims: dic
             sender.move(conn, row, State.ACCEPTED, application_receipt=token,
                         problems=claims.get("problems") or [])
     except IllegalTransition:
-        return
+        # Not applicable in the state the transfer is in right now: the relay tries again.
+        raise Conflict("The transfer cannot take this receipt yet; retry later") from None
 
 
 #: The sender keeps its copy of the dossier; its Patient carries this tag once another
