@@ -229,3 +229,21 @@ def test_receipts_for_a_package_whose_sending_was_not_recorded(world: World) -> 
     with services.db.read() as conn:
         assert conn.execute(select(transfer_outbox.c.state).where(*mine)).scalar_one() == "sent"
     assert world.relay.queue == []
+
+
+def test_both_sides_audit_the_transfer_under_its_id(world: World) -> None:
+    from ekd.store.schema import audit_event
+
+    child = patient_id_of(world.load_child(THUISZORG))
+    started = send(world, child)
+    world.pump()
+    found: dict[str, list[str]] = {}
+    with world.orgs[THUISZORG].db.read() as conn:
+        for org, content in conn.execute(select(audit_event.c.org, audit_event.c.content)
+                                         .where(audit_event.c.subtype == "transfer")):
+            details = [d for e in content.get("entity", []) for d in e.get("detail", [])]
+            if {"type": "transfer", "valueString": started["id"]} in details:
+                found.setdefault(org, []).append(
+                    next(c["code"] for c in content["subtype"] if c["code"] != "transfer"))
+    assert set(found[THUISZORG]) >= {"transfer-export", "transfer-imported"}
+    assert found[GGD] == ["transfer-import"]

@@ -200,6 +200,13 @@ def to_audit_event(record: AuditRecord, id: str) -> dict:
         entities.append({"type": _coding(ENTITY_TYPE, "2", "System Object"),
                          "role": _coding(OBJECT_ROLE, "24", "Query"),
                          "query": base64.b64encode(record.query.encode()).decode()})
+    if record.extra:
+        # What else identifies the event (a transfer's id, the other organisation): one
+        # entity with name/value details, so a transfer can be followed through both logs.
+        entities.append({"type": _coding(ENTITY_TYPE, "2", "System Object"),
+                         "role": _coding(OBJECT_ROLE, "13", "Security Resource"),
+                         "detail": [{"type": key, "valueString": value}
+                                    for key, value in sorted(record.extra.items())]})
     if entities:
         event["entity"] = entities
     return event
