@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ekd.transfer import failpoints
 from tests.exchange_processes import GGD, RELAY, THUISZORG, Network, network
 
 CASES = [
@@ -19,6 +20,10 @@ CASES = [
     (GGD, "receiver-before-import"),
     (GGD, "receiver-after-import"),
 ]
+
+
+def test_every_failpoint_has_a_crash_test() -> None:
+    assert {point for _, point in CASES} == set(failpoints.POINTS)
 
 
 def children_at(net: Network, ura: str) -> int:

@@ -31,7 +31,6 @@ REASON_SYSTEM = f"{CANONICAL}/CodeSystem/transfer-reason"
 REASONS = ("age4", "move", "other")
 BDS_VERSION_EXTENSION = f"{CANONICAL}/StructureDefinition/transfer-bds-version"
 PROVENANCE_AGENT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
-DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 
 
 @dataclass(frozen=True, slots=True)
