@@ -113,6 +113,7 @@ def serve(
                       f"(CA {settings.tls_client_ca})")
     if workers > 1:
         console.print(f"  workers     {workers}")
+    _print_transfer(settings)
     uvicorn.run("ekd.api.app:app_from_env", factory=True, host=settings.host,
                 port=settings.port, workers=workers, log_level=log_level, access_log=False,
                 log_config=_log_config(log_level), **tls)
@@ -264,3 +265,15 @@ def _exchange_org(settings: object) -> str | None:
 
     cert = getattr(settings, "exchange_cert", "")
     return ura_from_pem(Path(cert).read_text()) if cert else None
+
+
+def _print_transfer(settings: object) -> None:
+    """Whether this server takes part in dossier transfer, and as whom."""
+    org = _exchange_org(settings)
+    if org is None:
+        console.print("  transfer    off (set EKD_EXCHANGE_* to send and receive dossiers)")
+        return
+    relay = getattr(settings, "exchange_relay", "") or "[red]no relay set[/red]"
+    worker = "worker on" if getattr(settings, "exchange_worker", True) else \
+        "worker off (run `ekd transfer work`)"
+    console.print(f"  transfer    organisation URA {org} via {relay}; {worker}")
