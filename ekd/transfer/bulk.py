@@ -48,7 +48,8 @@ ALREADY_TRANSFERRING = tuple(sorted(
     BEFORE_DISPATCH | {State.SENT, State.ACCEPTED, State.IMPORTED}))
 #: Patients read per page while selecting a cohort: memory stays flat for any cohort size.
 PAGE = 500
-#: An unexpected error in a child's step: retried after LEASE, 2 x LEASE, ... up to this.
+#: An unexpected error in a child's step: retried after one lease (EKD_EXCHANGE_LEASE), two,
+#: four, ... up to this.
 MAX_RETRY_DELAY = timedelta(hours=1)
 #: ... and after this many such errors the child ends `invalid` (the job can finish).
 MAX_STEP_FAILURES = 5
@@ -231,7 +232,8 @@ def prepare_due(services: Services, exchange: Exchange, *, limit: int = 10) -> i
     """Take up to `limit` bulk children one or more steps towards the outbox; how many."""
     rows = claims.claim(services.db, transfer, "id", [
         transfer.c.org == exchange.ura, transfer.c.job_id.is_not(None),
-        transfer.c.state.in_([s.value for s in PREPARING])], limit=limit, order_by="created")
+        transfer.c.state.in_([s.value for s in PREPARING])], limit=limit, order_by="created",
+        lease=claims.lease_of(services.settings))
     for row in rows:
         try:
             sender.advance(services, exchange, row["id"])
@@ -275,7 +277,7 @@ def _step_failed(services: Services, transfer_id: str, error: str) -> None:
             sender.audit(conn, sender.worker_principal(row["org"]), moved, status=500,
                          action="E", step="transfer-invalid", description=problem["message"])
             return
-        delay = min(claims.LEASE * 2 ** (failures - 1), MAX_RETRY_DELAY)
+        delay = min(claims.lease_of(services.settings) * 2 ** (failures - 1), MAX_RETRY_DELAY)
         conn.execute(update(transfer).where(
             transfer.c.id == transfer_id, transfer.c.state == row["state"]).values(
             problems=[problem], claimed_until=now() + delay))
