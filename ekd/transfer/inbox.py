@@ -98,7 +98,7 @@ def _again(existing: dict, digest: str) -> str:
     return str(existing["technical_receipt"])
 
 
-def check_delivery(services: Services, delivery: Delivery) -> None:
+def check_delivery(delivery: Delivery) -> None:
     """What can be told before storing: the shape of the routing facts and the size."""
     if delivery.kind not in ("package", "receipt"):
         raise InvalidRequest("Ekd-Kind must be package or receipt", expression="Ekd-Kind")
@@ -209,7 +209,7 @@ def _first_message(claims: dict) -> str | None:
 
 def receive(services: Services, exchange: Exchange, delivery: Delivery) -> dict:
     """The inbox endpoint's work: the JSON answer for the relay."""
-    check_delivery(services, delivery)
+    check_delivery(delivery)
     if delivery.kind == "package":
         return {"receipt": accept_package(services, exchange, delivery)}
     apply_receipt(services, exchange, delivery)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from ekd.interaction.base import Services
 from ekd.store.resources import now
@@ -107,8 +107,3 @@ def _failed(services: Services, row: dict, error: str, *, retry: bool) -> None:
             sender.move(conn, current, State.FAILED_RETRYABLE, attempts=attempts,
                         problems=problems)
 
-
-def pending(services: Services, org: str) -> int:
-    with services.db.read() as conn:
-        return len(conn.execute(select(transfer_outbox.c.pk).where(
-            transfer_outbox.c.org == org, transfer_outbox.c.state == "pending")).all())
