@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import orjson
 import rfc8785
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -279,6 +280,84 @@ def _check_signed_at(header: dict[str, Any], now: datetime, *, required: bool) -
 
 # --- signing ----------------------------------------------------------------------------------
 
+#: JSON integers RFC 8785 (rfc8785) accepts: those a double holds exactly.
+_MAX_SAFE_INT = 2**53 - 1
+
+
+class _NotPlain(Exception):
+    """The fast path cannot vouch for this value; `rfc8785` decides."""
+
+
+def _jcs_ready(value: Any) -> Any:
+    """`value` with every float replaced by its RFC 8785 bytes (an `orjson.Fragment`), for
+    `jcs`: copied on write, so containers without floats are returned as they are. Raises
+    `_NotPlain` for anything whose orjson output is not proven equal."""
+    kind = type(value)
+    if kind is dict:
+        copied: dict[str, Any] | None = None
+        for key, item in value.items():
+            if type(key) is not str or not (key.isascii() or max(key) < "\ue000"):
+                raise _NotPlain
+            if type(item) is not str:
+                ready = _jcs_ready(item)
+                if ready is not item:
+                    if copied is None:
+                        copied = dict(value)
+                    copied[key] = ready
+        return value if copied is None else copied
+    if kind is list:
+        listed: list[Any] | None = None
+        for index, item in enumerate(value):
+            if type(item) is not str:
+                ready = _jcs_ready(item)
+                if ready is not item:
+                    if listed is None:
+                        listed = list(value)
+                    listed[index] = ready
+        return value if listed is None else listed
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int:
+        if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
+            return value
+        raise _NotPlain
+    if kind is float:
+        return orjson.Fragment(rfc8785.dumps(value))
+    raise _NotPlain
+
+
+def jcs(value: Any) -> bytes:
+    """`rfc8785.dumps(value)`, byte for byte, ~10x faster for JSON-shaped data.
+
+    orjson with `OPT_SORT_KEYS` writes the same bytes as RFC 8785 once floats are out of
+    the way: `_jcs_ready` swaps each for a `Fragment` holding `rfc8785.dumps` of that float,
+    which orjson copies verbatim (a number's form does not depend on where it stands). For
+    the rest:
+
+    - containers: no whitespace, `,` and `:` alone, `[]`/`{}` for empty ones; exact `dict`
+      and `list` only (subclasses, tuples and other types go to rfc8785).
+    - key order: RFC 8785 sorts by UTF-16 code units, orjson by code points. They differ
+      only between a character above U+FFFF (a surrogate pair, D800-DBFF first) and one in
+      U+E000-U+FFFF. A key holding any character from U+E000 up sends the whole value to
+      rfc8785; every other key is below U+E000, where a character is one UTF-16 code unit
+      equal to its code point, so both orders agree (lone surrogates: see strings).
+    - strings: both escape only `"`, `\\` and U+0000-U+001F (`\\b \\t \\n \\f \\r`,
+      else lowercase `\\u00xx`) and write everything else as UTF-8; character by character
+      the same, checked for every Unicode scalar value in tests/test_canonical_json.py. A
+      lone surrogate makes orjson raise, and rfc8785 decides (it refuses them too).
+    - integers within +-(2**53 - 1), `true`, `false`, `null`: plain decimal / literals in
+      both; larger integers go to rfc8785 (which refuses them).
+
+    Whenever the fast path raises (types, keys, nesting beyond orjson's 254 levels, a
+    non-finite float, surrogates), `rfc8785.dumps` runs on the original value, so errors
+    and edge cases are exactly rfc8785's.
+    """
+    try:
+        return orjson.dumps(_jcs_ready(value), option=orjson.OPT_SORT_KEYS)
+    except (_NotPlain, orjson.JSONEncodeError, rfc8785.CanonicalizationError, RecursionError):
+        return rfc8785.dumps(value)
+
+
 def canonical(bundle: dict[str, Any]) -> bytes:
     """RFC 8785 bytes of the Bundle without `id`, `meta` and `signature`: what is signed.
     Both sides canonicalise the parsed JSON, so key order and whitespace never matter."""
@@ -286,7 +365,7 @@ def canonical(bundle: dict[str, Any]) -> bytes:
         raise SealError("malformed", "A Bundle must be a JSON object")
     content = {key: value for key, value in bundle.items() if key not in UNSIGNED_ELEMENTS}
     try:
-        return rfc8785.dumps(content)
+        return jcs(content)
     except (rfc8785.CanonicalizationError, RecursionError, TypeError, ValueError):
         raise SealError("malformed", "The Bundle cannot be canonicalised (RFC 8785)") from None
 
