@@ -350,16 +350,13 @@ def test_receiver_failing_mid_import_leaves_nothing_and_retries_once(
     from ekd.store.resources import ResourceStore
     from ekd.transfer import importer
 
-    original = ResourceStore.create
-    calls = {"n": 0}
+    original = ResourceStore.create_many
 
     def dying(self: ResourceStore, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 20:
-            raise RuntimeError("killed mid-import")
-        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        raise RuntimeError("killed mid-import, the dossier written but not committed")
 
-    monkeypatch.setattr(ResourceStore, "create", dying)
+    monkeypatch.setattr(ResourceStore, "create_many", dying)
     with pytest.raises(RuntimeError):
         importer.process_due(services, services.exchange)
     assert imported_count(world) == 0
@@ -367,7 +364,7 @@ def test_receiver_failing_mid_import_leaves_nothing_and_retries_once(
         assert conn.execute(select(func.count()).select_from(resource)
                             .where(resource.c.org == GGD)).scalar() == 0
     assert inbox_row(world)["state"] == "received"
-    monkeypatch.setattr(ResourceStore, "create", original)
+    monkeypatch.setattr(ResourceStore, "create_many", original)
     with services.db.write() as conn:  # the lease of the dead worker runs out
         conn.execute(update(transfer_inbox).values(claimed_until=None))
     world.pump()
