@@ -32,6 +32,7 @@ from ekd.terminology.service import TerminologyService
 from ekd.transfer.context import Exchange
 from ekd.transfer.worker import Worker
 from ekd.validation import Validator
+from ekd.validation.stamp import ValidationStamp
 from ekd.validation.validator import ProfileValidator
 
 
@@ -109,12 +110,20 @@ def build_services(settings: Settings, db: Database | None = None) -> Services:
     if settings.jgz_enforce and settings.growth_references:
         references = GrowthReferences.load(Path(settings.growth_references))
         checks = (GrowthPlausibility(references).check,)
+    validator = build_validator(registry, terminology)
+    # Everything besides definitions and code that decides a validation outcome.
+    stamp = ValidationStamp(registry, {
+        "required_profiles": settings.required_profiles, "jgz": settings.jgz_enforce,
+        "max_expansion": settings.max_expansion,
+        "validator": [getattr(validator, a, None) for a in (
+            "unknown_extensions", "vital_signs", "implementation_guides")]})
     return Services(
         db=db,
         settings=settings,
+        validation_stamp=stamp,
         exchange=Exchange.from_settings(settings),
         search=build_search(registry, terminology),
-        validator=build_validator(registry, terminology),
+        validator=validator,
         definitions=registry,
         terminology=terminology,
         profile_selector=selector,

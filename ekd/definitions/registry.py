@@ -78,6 +78,11 @@ class Registry:
             if resource_type is None or r.get("resourceType") == resource_type:
                 yield r
 
+    def snapshot(self) -> dict[str, dict[str | None, dict]]:
+        """A copy of the url → version → resource map (None: the version-less answer)."""
+        with self._lock:
+            return {url: dict(versions) for url, versions in self._by_url.items()}
+
     def structure_definition(self, type_or_url: str) -> dict | None:
         """A StructureDefinition by canonical url, or the base definition of a type name."""
         if "/" not in type_or_url:

@@ -42,6 +42,9 @@ class Services:
     search: SearchService = field(default_factory=lambda: SearchService(SearchParameters()))
     #: This organisation's place in the dossier exchange (`ekd.transfer`); None: not configured.
     exchange: Exchange | None = None
+    #: The current validation stamp (`ekd.validation.stamp`); None: versions are not stamped,
+    #: so nothing skips validation on the strength of an earlier one.
+    validation_stamp: Callable[[], str] | None = None
 
     def store(self, conn, org: str | None = None) -> ResourceStore:
         """A store on `conn`, scoped to `org` (None: the server's own, unscoped work)."""

@@ -31,14 +31,14 @@ def create(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRe
         )
         if existing is not None:
             return FhirResponse(200, existing.content, existing, write=True)
-    warnings = validate(services, body, store)
+    checked = validate(services, body, store)
     rid = req.assigned_id or str(uuid.uuid4())
-    stored = store.create(rtype, rid, body, method="POST")
+    stored = store.create(rtype, rid, body, method="POST", validated=checked.stamp)
     return FhirResponse(
         201,
         stored.content,
         stored,
         location=versioned_url(req.base, stored),
-        issues=warnings,
+        issues=checked.warnings,
         write=True,
     )

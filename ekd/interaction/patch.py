@@ -46,6 +46,7 @@ def patch(services: Services, store: ResourceStore, req: FhirRequest) -> FhirRes
         raise Unprocessable("A patch may not change the resource type", expression="resourceType")
     if patched.get("id") != current.id:
         raise Unprocessable("A patch may not change the resource id", expression="id")
-    warnings = validate(services, patched, store)
-    stored = guarded(req, lambda: store.update(current, patched, method="PATCH"))
-    return FhirResponse(200, stored.content, stored, issues=warnings, write=True)
+    checked = validate(services, patched, store)
+    stored = guarded(req, lambda: store.update(current, patched, method="PATCH",
+                                                 validated=checked.stamp))
+    return FhirResponse(200, stored.content, stored, issues=checked.warnings, write=True)

@@ -70,19 +70,21 @@ def _update(
     current: Stored | None,
 ) -> FhirResponse:
     check_if_match(req, current)
-    warnings = validate(services, body, store)
+    checked = validate(services, body, store)
+    warnings = checked.warnings
     if current is None:
         if store.scoped(rtype) and store.taken(rtype, rid):
             # Ids are unique per type across the server; the holder stays anonymous.
             raise Conflict(f"The id '{rid}' is not available for a new {rtype}; choose "
                            "another id or let the server assign one (POST)")
-        stored = store.create(rtype, rid, body, method="PUT")
+        stored = store.create(rtype, rid, body, method="PUT", validated=checked.stamp)
         return FhirResponse(
             201, stored.content, stored, versioned_url(req.base, stored), warnings, write=True
         )
     if _unchanged(current, body):
         return FhirResponse(200, current.content, current, issues=warnings, write=True)
-    stored = guarded(req, lambda: store.update(current, body, method="PUT"))
+    stored = guarded(req, lambda: store.update(current, body, method="PUT",
+                                                 validated=checked.stamp))
     if current.deleted:  # brought back to life: a new resource as far as the client can tell
         return FhirResponse(
             201, stored.content, stored, versioned_url(req.base, stored), warnings, write=True

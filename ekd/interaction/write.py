@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ekd.errors import InvalidRequest, Issue, PreconditionFailed, ResourceInvalid
 from ekd.interaction.base import FhirRequest, Services, etag_version
@@ -31,8 +32,22 @@ def validation_issues(services: Services, resource: dict) -> list[Issue]:
     return services.validator.validate(resource, profiles)
 
 
-def validate(services: Services, resource: dict, store: ResourceStore) -> list[Issue]:
-    """Validate; raise on errors (nothing is stored), return warnings to report."""
+@dataclass(frozen=True, slots=True)
+class Validated:
+    #: Issues to report with the answer (no errors: those raised).
+    warnings: list[Issue]
+    #: The validation stamp the resource passed under, for the store to keep with the version
+    #: (`ekd.validation.stamp`); None when definitions changed while it was validated.
+    stamp: str | None
+
+
+def validate(services: Services, resource: dict, store: ResourceStore) -> Validated:
+    """Validate; raise on errors (nothing is stored), return warnings to report.
+
+    The stamp is read before and after: a definition that changed in between leaves the
+    version unstamped, so it is never taken for valid under definitions it was not checked
+    against."""
+    stamp = services.validation_stamp() if services.validation_stamp is not None else None
     issues = validation_issues(services, resource)
     if resource.get("resourceType") == "SearchParameter":
         issues += _search_parameter_issues(resource)
@@ -43,7 +58,10 @@ def validate(services: Services, resource: dict, store: ResourceStore) -> list[I
         raise ResourceInvalid(errors[0].diagnostics, issues=errors + others)
     for check in services.checks:
         issues += check(store, resource)
-    return issues
+    if stamp is not None and services.validation_stamp is not None \
+            and services.validation_stamp() != stamp:
+        stamp = None
+    return Validated(issues, stamp)
 
 
 def _search_parameter_issues(resource: dict) -> list[Issue]:

@@ -225,6 +225,17 @@ class ResourceStore:
         by_pk = {row.pk: _row_to_stored(row) for row in rows}
         return [by_pk[pk] for pk in pks if pk in by_pk]
 
+    def validated_under(self, pks: list[int], stamp: str) -> set[int]:
+        """Which of these resources' current versions passed validation under `stamp`."""
+        if not pks:
+            return set()
+        query = select(resource.c.pk).join(resource_version, and_(
+            resource_version.c.resource_pk == resource.c.pk,
+            resource_version.c.version == resource.c.version,
+        )).where(resource.c.pk.in_(pks), resource_version.c.validated == stamp,
+                 self.visible(resource))
+        return set(self.conn.execute(query).scalars())
+
     def vread(self, rtype: str, rid: str, version: int) -> Stored | None:
         row = self.conn.execute(
             select(*_VERSION_COLUMNS).where(
@@ -275,17 +286,20 @@ class ResourceStore:
     # and index rows travel in a single round trip, which is what bounds ingest speed. SQLite
     # runs in-process, where round trips are cheap: a few small statements.
 
-    def create(self, rtype: str, rid: str, content: dict, *, method: str = "POST") -> Stored:
+    def create(self, rtype: str, rid: str, content: dict, *, method: str = "POST",
+               validated: str | None = None) -> Stored:
+        """`validated`: the validation stamp the content passed under (`ekd.validation.stamp`),
+        kept with the version; None when it was not validated here."""
         when = now()
         stamped = _stamp(content, rtype, rid, 1, when)
         rows = self._index_rows(stamped)
         org = self.owner(rtype)
         if self._sqlite:
-            pk, seq = self._create_sqlite(rtype, rid, when, method, stamped, rows, org)
+            pk, seq = self._create_sqlite(rtype, rid, when, method, stamped, rows, org, validated)
         else:
             row = self.conn.execute(_PG_CREATE, {
                 "type": rtype, "id": rid, "ts": when, "org": org, "method": method,
-                "content": _json(stamped), **_pg_index_params(rows),
+                "content": _json(stamped), "validated": validated, **_pg_index_params(rows),
             }).first()
             pk, seq = (row.pk, row.seq) if row else (None, 0)
         if pk is None:
@@ -406,11 +420,12 @@ class ResourceStore:
                 self.conn.exec_driver_sql(_SQLITE_INDEX[table], table_rows)
         return created
 
-    def update(self, prev: Stored, content: dict, *, method: str = "PUT") -> Stored:
+    def update(self, prev: Stored, content: dict, *, method: str = "PUT",
+               validated: str | None = None) -> Stored:
         version = prev.version + 1
         when = now()
         stamped = _stamp(content, prev.type, prev.id, version, when)
-        seq = self._next_version(prev, version, when, method, stamped)
+        seq = self._next_version(prev, version, when, method, stamped, validated)
         return Stored(prev.pk, prev.type, prev.id, version, when, False, stamped, method, seq,
                       prev.org)
 
@@ -437,18 +452,20 @@ class ResourceStore:
                                             "org": stored.org, **_pg_index_params(rows)})
 
     def _next_version(
-        self, prev: Stored, version: int, when: datetime, method: str, content: dict | None
+        self, prev: Stored, version: int, when: datetime, method: str, content: dict | None,
+        validated: str | None = None,
     ) -> int:
         """Compare-and-set the resource row to `version`, append the version, reindex."""
         rows = self._index_rows(content)
         if self._sqlite:
-            seq = self._next_version_sqlite(prev, version, when, method, content, rows)
+            seq = self._next_version_sqlite(prev, version, when, method, content, rows,
+                                            validated)
         else:
             seq = self.conn.execute(_PG_NEXT_VERSION, {
                 "pk": prev.pk, "prev": prev.version, "version": version, "ts": when,
                 "deleted": content is None, "type": prev.type, "id": prev.id,
                 "method": method, "content": None if content is None else _json(content),
-                "org": prev.org, **_pg_index_params(rows),
+                "org": prev.org, "validated": validated, **_pg_index_params(rows),
             }).scalar_one_or_none()
         if seq is None:
             raise VersionConflict(
@@ -472,7 +489,7 @@ class ResourceStore:
 
     def _create_sqlite(
         self, rtype: str, rid: str, when: datetime, method: str, content: dict,
-        rows: dict[str, list[dict]], org: str | None,
+        rows: dict[str, list[dict]], org: str | None, validated: str | None,
     ) -> tuple[int | None, int]:
         # ON CONFLICT DO NOTHING rather than catching IntegrityError, so that a lost race
         # leaves the surrounding transaction (a transaction Bundle) usable.
@@ -482,13 +499,13 @@ class ResourceStore:
         }).scalar_one_or_none()
         if pk is None:
             return None, 0
-        seq = self._append_sqlite(pk, rtype, rid, 1, ts, method, content, org)
+        seq = self._append_sqlite(pk, rtype, rid, 1, ts, method, content, org, validated)
         self._insert_index_sqlite(pk, rtype, rows, org)
         return pk, seq
 
     def _next_version_sqlite(
         self, prev: Stored, version: int, when: datetime, method: str, content: dict | None,
-        rows: dict[str, list[dict]],
+        rows: dict[str, list[dict]], validated: str | None,
     ) -> int | None:
         ts = self._sqlite_time(when)
         result = self.conn.exec_driver_sql(_SQLITE_ADVANCE, {
@@ -498,18 +515,19 @@ class ResourceStore:
         if result.rowcount != 1:
             return None
         seq = self._append_sqlite(prev.pk, prev.type, prev.id, version, ts, method, content,
-                                  prev.org)
+                                  prev.org, validated)
         self._unindex_sqlite(prev.pk)
         self._insert_index_sqlite(prev.pk, prev.type, rows, prev.org)
         return seq
 
     def _append_sqlite(
         self, pk: int, rtype: str, rid: str, version: int, ts: str, method: str,
-        content: dict | None, org: str | None,
+        content: dict | None, org: str | None, validated: str | None,
     ) -> int:
         return self.conn.exec_driver_sql(_SQLITE_APPEND, {
             "pk": pk, "type": rtype, "id": rid, "version": version, "ts": ts, "method": method,
             "content": None if content is None else _json(content), "org": org,
+            "validated": validated,
         }).scalar_one()
 
     def _unindex_sqlite(self, pk: int) -> None:
@@ -576,8 +594,9 @@ WITH r AS (
   ON CONFLICT (type, id) DO NOTHING
   RETURNING pk
 ), v AS (
-  INSERT INTO resource_version (resource_pk, type, id, version, last_updated, method, content, org)
-  SELECT pk, :type, :id, 1, :ts, :method, CAST(:content AS jsonb), :org FROM r
+  INSERT INTO resource_version
+    (resource_pk, type, id, version, last_updated, method, content, org, validated)
+  SELECT pk, :type, :id, 1, :ts, :method, CAST(:content AS jsonb), :org, :validated FROM r
   RETURNING seq
 ), {_pg_index_ctes("r")}
 SELECT r.pk, v.seq FROM r, v
@@ -633,8 +652,10 @@ WITH u AS (
   WHERE pk = :pk AND version = :prev
   RETURNING pk
 ), {_pg_unindex_ctes("u")}, v AS (
-  INSERT INTO resource_version (resource_pk, type, id, version, last_updated, method, content, org)
-  SELECT pk, :type, :id, :version, :ts, :method, CAST(:content AS jsonb), :org FROM u
+  INSERT INTO resource_version
+    (resource_pk, type, id, version, last_updated, method, content, org, validated)
+  SELECT pk, :type, :id, :version, :ts, :method, CAST(:content AS jsonb), :org, :validated
+  FROM u
   RETURNING seq
 ), {_pg_index_ctes("u")}
 SELECT v.seq FROM v
@@ -655,8 +676,9 @@ _SQLITE_ADVANCE = (
 )
 _SQLITE_APPEND = (
     "INSERT INTO resource_version "
-    "(resource_pk, type, id, version, last_updated, method, content, org) "
-    "VALUES (:pk, :type, :id, :version, :ts, :method, :content, :org) RETURNING seq"
+    "(resource_pk, type, id, version, last_updated, method, content, org, validated) "
+    "VALUES (:pk, :type, :id, :version, :ts, :method, :content, :org, :validated) "
+    "RETURNING seq"
 )
 _SQLITE_UNINDEX = tuple(f"DELETE FROM {t} WHERE resource_pk = :pk" for t in INDEX_TABLES)
 _SQLITE_INDEX = {

@@ -71,6 +71,9 @@ resource_version = Table(
     #: NULL for the version written by a delete.
     Column("content", CONTENT, nullable=True),
     Column("org", String(64), nullable=True),
+    #: The validation stamp (`ekd.validation.stamp`) the content passed validation under;
+    #: NULL when unknown (written without validation, or before migration 0005).
+    Column("validated", String(32), nullable=True),
     UniqueConstraint("resource_pk", "version", name="uq_resource_version"),
     Index("ix_resource_version_type_seq", "type", "seq"),
     Index("ix_resource_version_type_id", "type", "id", "version"),

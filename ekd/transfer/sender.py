@@ -148,12 +148,19 @@ def check_consent(services: Services, exchange: Exchange, conn: Connection, row:
 def make_package(services: Services, exchange: Exchange, conn: Connection, row: dict,
                  principal: Principal) -> dict:
     """consent-checked → packaged: the dossier validated, signed and encrypted once; the bytes
-    are kept so every retry sends exactly them."""
+    are kept so every retry sends exactly them. A version validated when it was written, under
+    the validation stamp still current, is not validated twice (`ekd.validation.stamp`)."""
     store = services.store(conn, row["org"])
     pks = services.search.compartment_pks(store, row["patient_id"], types=None, since=None)
     resources = store.current_many(pks)
+    # What passed validation at write time under the current stamp (same definitions, same
+    # settings, same code) passes again: only the rest is validated here.
+    stamp = services.validation_stamp() if services.validation_stamp is not None else None
+    checked = store.validated_under(pks, stamp) if stamp is not None else set()
     problems = []
     for stored in resources:
+        if stored.pk in checked:
+            continue
         content = stored.content or {}
         for issue in validation_issues(services, content):
             if issue.severity in ("error", "fatal"):
