@@ -19,10 +19,12 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 
 from ekd.fhirpath import Expression, FhirPathError
 from ekd.fhirpath.model import Node, resource_node
 from ekd.search.parameters import Extractor, SearchParameters
+from ekd.search.walk import Fallback, Probe, Walker, passes
 
 UCUM = "http://unitsofmeasure.org"
 FAR_PAST = datetime(1, 1, 1, tzinfo=UTC)
@@ -46,15 +48,21 @@ _DATE = re.compile(
     r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
 _SPACES = re.compile(r"\s+")
+_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]+")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
+@lru_cache(maxsize=16384)
 def normalise(text: str) -> str:
     """Case- and accent-insensitive form of a string (`Ézra  Öztürk` -> `ezra ozturk`)."""
+    if text.isascii():  # nothing to decompose, no combining marks; casefold() is lower()
+        return _SPACES.sub(" ", text.lower()).strip()[:MAX_TEXT]
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return _SPACES.sub(" ", stripped.casefold()).strip()[:MAX_TEXT]
 
 
+@lru_cache(maxsize=16384)
 def date_range(value: str) -> tuple[datetime, datetime] | None:
     """The UTC range [low, high) a FHIR date, dateTime or instant covers; None if unreadable."""
     m = _DATE.match(value.strip())
@@ -111,15 +119,37 @@ def canonical_quantity(value: Decimal, system: str | None, code: str | None
 
 
 class Indexer:
-    """Turns a resource into index rows for the parameters in force for its type."""
+    """Turns a resource into index rows for the parameters in force for its type.
 
-    def __init__(self, parameters: SearchParameters) -> None:
+    `fast` (the default) evaluates the simple expressions most parameters have with the plain
+    walkers of `ekd.search.walk` and the rest with the FHIRPath engine; `fast=False` evaluates
+    every expression with the engine. Both give the same rows (tests/test_search_index_fast.py).
+    """
+
+    def __init__(self, parameters: SearchParameters, *, fast: bool = True) -> None:
         self.parameters = parameters
+        self.fast = fast
+        self._plans: dict[str, _Plan] = {}
+
+    def _plan(self, rtype: str) -> _Plan:
+        extractors = self.parameters.extractors(rtype)
+        plan = self._plans.get(rtype)
+        if plan is None or plan.extractors is not extractors:
+            plan = self._plans[rtype] = _Plan(extractors)
+        return plan
 
     def __call__(self, content: dict) -> Rows:
         rtype = content.get("resourceType")
         rows: Rows = {}
         if not isinstance(rtype, str):
+            return rows
+        if self.fast:
+            context = _Context(content, rtype)
+            for extractor in self._plan(rtype).relevant(content):
+                try:
+                    _extract_fast(extractor, context, rows)
+                except FhirPathError:
+                    continue  # as below
             return rows
         # One typed root for all expressions, and each distinct expression evaluated once:
         # R4 parameters often share a path (`code` and `combo-code`, `subject` and `patient`).
@@ -168,12 +198,216 @@ def _extract(extractor: Extractor, root: Node, memo: dict[object, list], rows: R
             add(table, row)
 
 
+# -- the fast path: walkers where they apply, items as (type, data, path) ----------------------
+
+Item = tuple[str, object, "str | None"]
+
+
+class _Plan:
+    """The extractors of one resource type, found by the resource keys they need."""
+
+    __slots__ = ("always", "by_key", "by_shape", "extractors", "probes")
+
+    #: Resources of a type come in few shapes (sets of top-level keys): the candidates per
+    #: shape are kept, up to this many shapes.
+    SHAPES = 256
+
+    def __init__(self, extractors: list[Extractor]) -> None:
+        self.extractors = extractors
+        self.always: list[int] = []
+        self.by_key: dict[str, list[int]] = {}
+        #: Position -> what to look for below the top-level key, for those that say.
+        self.probes: dict[int, Probe] = {}
+        self.by_shape: dict[tuple, list[tuple[Extractor, Probe | None]]] = {}
+        for i, extractor in enumerate(extractors):
+            needs = extractor.needs
+            if needs is None:
+                self.always.append(i)
+                continue
+            for key in needs:
+                self.by_key.setdefault(key, []).append(i)
+            if any(sub is not None for sub in needs.values()):
+                self.probes[i] = needs
+
+    def relevant(self, content: dict) -> list[Extractor]:
+        """The extractors that can index something of `content`, in their order."""
+        shape = tuple(content)
+        candidates = self.by_shape.get(shape)
+        if candidates is None:
+            candidates = self._candidates(shape)
+            if len(self.by_shape) < self.SHAPES:
+                self.by_shape[shape] = candidates
+        return [extractor for extractor, probe in candidates
+                if probe is None or passes(probe, content)]
+
+    def _candidates(self, keys: tuple) -> list[tuple[Extractor, Probe | None]]:
+        by_key = self.by_key
+        found = set(self.always)
+        for key in keys:
+            positions = by_key.get(key)
+            if positions is not None:
+                found.update(positions)
+        return [(self.extractors[i], self.probes.get(i)) for i in sorted(found)]
+
+
+class _Context:
+    """One resource being indexed: its root item, its engine root (made when first needed)
+    and the memo of items per expression and of component values per element."""
+
+    __slots__ = ("_node", "content", "memo", "root")
+
+    def __init__(self, content: dict, rtype: str) -> None:
+        self.content = content
+        self.root: Item = (rtype, content, rtype)
+        self._node: Node | None = None
+        self.memo: dict[object, list] = {}
+
+    def node(self) -> Node:
+        if self._node is None:
+            self._node = resource_node(self.content)
+        return self._node
+
+
+def _as_items(items: list) -> list[Item]:
+    return [(x.type, x.data, x.path) if type(x) is Node else (*_typed(x), None) for x in items]
+
+
+def _evaluate(expression: Expression, walker: Walker | None, context: _Context) -> list[Item]:
+    if walker is not None:
+        try:
+            return walker.walk_from(context.root)
+        except Fallback:
+            pass
+    return _as_items(expression.items(context.node()))
+
+
+def _extract_fast(extractor: Extractor, context: _Context, rows: Rows) -> None:
+    code = extractor.param.code
+    memo = context.memo
+    steps = extractor.steps
+    # Rows are told apart by (table, suffix, values): the parameter name is code + suffix.
+    seen: set[tuple] | None = set() if len(steps) > 1 else None
+    for expression, target, walker, entries_key in steps:
+        # Parameters that share a path share its rows too (`code` and `combo-code`): they are
+        # made once per resource, without the parameter name and without duplicates.
+        entries = memo.get(entries_key)
+        if entries is None:
+            items = memo.get(expression.expression)
+            if items is None:
+                items = memo[expression.expression] = _evaluate(expression, walker, context)
+            entries = []
+            try:
+                _entries(extractor, items, target, memo, entries)
+            except FhirPathError:
+                _add(code, entries, seen, rows)  # what came before the failure stays
+                raise
+            memo[entries_key] = entries
+        _add(code, entries, seen, rows)
+
+
+Entry = tuple[str, str, dict, tuple]
+
+
+def _entries(extractor: Extractor, items: list[Item], target: str | None, memo: dict,
+             out: list[Entry]) -> None:
+    """(table, suffix, row, key) of each distinct row the items give, in order."""
+    kind = extractor.param.type
+    composite = kind == "composite"
+    keys: set[tuple] = set()
+    for node_type, data, path in items:
+        if data is None:
+            continue
+        produced = (_composite_fast(extractor, data, path, memo) if composite
+                    else _typed_rows(kind, node_type, data, target))
+        for table, row in produced:
+            suffix = row.pop("_suffix", "")
+            key = (table, suffix, *row.values())
+            if key not in keys:
+                keys.add(key)
+                out.append((table, suffix, row, key))
+
+
+def _add(code: str, entries: list[Entry], seen: set[tuple] | None, rows: Rows) -> None:
+    for table, suffix, row, key in entries:
+        if seen is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        name = code + suffix if suffix else code
+        bucket = rows.get(table)
+        if bucket is None:
+            rows[table] = [{"param": name, **row}]
+        else:
+            bucket.append({"param": name, **row})
+
+
+def _composite_fast(extractor: Extractor, element: object, base: str | None, memo: dict
+                    ) -> Iterator[tuple[str, dict]]:
+    if len(extractor.components) < 2:
+        return
+    (kind1, expr1), (kind2, expr2) = extractor.components[:2]
+    walker1, walker2 = extractor.component_walkers[:2]
+    firsts = _component_fast(memo, kind1, expr1, walker1, element, base)
+    seconds = _component_fast(memo, kind2, expr2, walker2, element, base)
+    for _, first in firsts:
+        for table, second in seconds:
+            row = {"system": first.get("system"), "code": first.get("code") or first.get(
+                "target_id"), "c2_system": None, "c2_code": None, "c2_value": None,
+                "c2_low": None, "c2_high": None, "c2_text": None}
+            if table == "search_token":
+                row.update(c2_system=second["system"], c2_code=second["code"])
+            elif table == "search_quantity":  # as given: the query converts (sql.py)
+                row.update(c2_system=second["system"], c2_code=second["code"],
+                           c2_value=second["value"])
+            elif table == "search_number":
+                row.update(c2_value=second["value"])
+            elif table == "search_date":
+                row.update(c2_low=second["low"], c2_high=second["high"])
+            elif table == "search_string":
+                row.update(c2_text=second["norm"])
+            elif table == "search_reference":
+                row.update(c2_code=second["target_id"], c2_system=second["target_type"])
+            else:
+                continue
+            yield "search_composite", row
+
+
+def _component_fast(memo: dict, kind: str, expression: Expression, walker: Walker | None,
+                    element: object, base: str | None) -> list[tuple[str, dict]]:
+    key = (kind, expression.expression, id(element))
+    values = memo.get(key)
+    if values is None:
+        values = memo[key] = _component_values_fast(kind, expression, walker, element, base)
+    return values
+
+
+def _component_values_fast(kind: str, expression: Expression, walker: Walker | None,
+                           element: object, base: str | None) -> list[tuple[str, dict]]:
+    if not isinstance(element, dict):
+        return []
+    items: list[Item] | None = None
+    if walker is not None and base:
+        root = resource_node(element, base)
+        items = walker.walk_or_none((root.type, element, root.path))
+    if items is None:
+        items = _as_items(expression.items(element, base=base) if base
+                          else expression.items(element))
+    return [(table, row) for node_type, data, _ in items if data is not None
+            for table, row in _typed_rows(kind, node_type, data, None) if "_suffix" not in row]
+
+
 def value_rows(kind: str, item: object, target: str | None = None
                ) -> Iterator[tuple[str, dict]]:
     """The index rows one FHIRPath item gives for a parameter of type `kind`."""
     node_type, data = _typed(item)
     if data is None:
         return
+    yield from _typed_rows(kind, node_type, data, target)
+
+
+def _typed_rows(kind: str, node_type: str, data: object, target: str | None
+                ) -> Iterator[tuple[str, dict]]:
+    """The index rows of an item given as its FHIR type and (not None) data."""
     if kind == "token":
         for row in token_values(node_type, data):
             yield "search_token", row
@@ -341,8 +575,7 @@ def parse_reference(ref: str) -> dict:
     parts = body.rstrip("/").split("/")
     absolute = "://" in ref or ref.startswith("urn:")
     target_type = target_id = None
-    if len(parts) >= 2 and re.fullmatch(r"[A-Z][A-Za-z]+", parts[-2]) and re.fullmatch(
-            r"[A-Za-z0-9\-.]{1,64}", parts[-1]):
+    if len(parts) >= 2 and _TYPE_NAME.fullmatch(parts[-2]) and _ID.fullmatch(parts[-1]):
         target_type, target_id = parts[-2], parts[-1]
     return {"target_type": target_type, "target_id": target_id,
             "url": ref[:MAX_TEXT] if absolute else None}

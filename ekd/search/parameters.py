@@ -5,10 +5,13 @@ For indexing, each parameter's FHIRPath expression is cut down to the branches t
 to one resource type (R4's shared parameters list a dozen types in one union) and compiled
 once. `where(resolve() is Patient)` cannot be evaluated without a database, so such a
 branch is compiled without it and the target type is checked on the reference itself.
+Branches of the simple shapes most parameters have also get a plain-Python walker
+(`ekd.search.walk`), and each extractor says which resource keys it needs to index anything.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import threading
@@ -20,6 +23,7 @@ from ekd.fhir.resource_types import is_resource_type
 from ekd.fhirpath import Expression, FhirPathError
 from ekd.fhirpath import compile as compile_fhirpath
 from ekd.search import builtin
+from ekd.search.walk import Probe, Walker, compile_walker, merge_probes
 
 TYPES = frozenset(
     {"number", "date", "string", "token", "reference", "composite", "quantity", "uri", "special"}
@@ -97,6 +101,18 @@ class Extractor:
     branches: tuple[tuple[Expression, str | None], ...]
     #: For composites: (component parameter type, expression) pairs.
     components: tuple[tuple[str, Expression], ...] = ()
+    #: Per branch, then per component: the plain-Python walker of a simple expression (None:
+    #: the engine evaluates it). See `ekd.search.walk`.
+    walkers: tuple[Walker | None, ...] = ()
+    component_walkers: tuple[Walker | None, ...] = ()
+    #: What the resource must have for the parameter to index anything: one of the keys, and
+    #: where a key maps to a set, one of those in its value (None: not known, always
+    #: evaluate). See `ekd.search.walk.Walker.probe`.
+    needs: Probe | None = None
+    #: Per branch, what the indexer runs: (expression, target, walker, rows memo key). The
+    #: walker is None where the engine evaluates; the key is the same for parameters whose
+    #: rows for the branch are the same but for the parameter name.
+    steps: tuple[tuple[Expression, str | None, Walker | None, str], ...] = ()
 
 
 @dataclass
@@ -142,6 +158,35 @@ def branches_for(expression: str, rtype: str) -> list[str]:
             continue
         keep.append(branch)
     return keep
+
+
+@functools.lru_cache(maxsize=4096)
+def _walker(expression: str) -> Walker | None:
+    return compile_walker(expression)
+
+
+def _needed(param: SearchParam, rtype: str, walkers: tuple[Walker | None, ...],
+            component_walkers: tuple[Walker | None, ...]) -> Probe | None:
+    """What a `rtype` resource needs for `param` to index anything (see `Walker.probe`).
+
+    A branch walking from the resource needs its first element (with its second, if that is
+    a member); a composite branch that is the resource itself needs what its second
+    component (or first) starts from, as a composite row takes a value of each."""
+    probes: list[Probe] = []
+    for walker in walkers:
+        if walker is None:
+            return None
+        found = walker.probe(rtype, rtype)
+        if found is None and param.type == "composite" and walker.is_root(rtype):
+            for component in reversed(component_walkers[:2]):
+                keys = component.root_keys(rtype, rtype) if component is not None else None
+                if keys is not None:
+                    found = dict.fromkeys(keys)
+                    break
+        if found is None:
+            return None
+        probes.append(found)
+    return merge_probes(probes)
 
 
 class SearchParameters:
@@ -266,7 +311,14 @@ class SearchParameters:
             if definition is None:
                 return None  # a composite whose parts are unknown cannot be indexed
             components.append((definition.type, compile_fhirpath(component.expression)))
-        return Extractor(param, tuple(branches), tuple(components))
+        walkers = tuple(_walker(e.expression) for e, _ in branches)
+        walkers = tuple(w if w is not None and w.fits(rtype) else None for w in walkers)
+        component_walkers = tuple(_walker(e.expression) for _, e in components)
+        kinds = "\0".join(f"{kind}\0{e.expression}" for kind, e in components)
+        steps = tuple((e, target, walker, f"{param.type}\0{e.expression}\0{target}\0{kinds}")
+                      for (e, target), walker in zip(branches, walkers, strict=True))
+        return Extractor(param, tuple(branches), tuple(components), walkers, component_walkers,
+                         _needed(param, rtype, walkers, component_walkers), steps)
 
     def single_valued(self, rtype: str, code: str) -> bool:
         """At most one element per resource: the one branch is a plain path of elements with
