@@ -210,3 +210,26 @@ def test_compile_is_cached_and_reusable() -> None:
     assert compile("hasValue() or (children().count() > id.count())") is expr
     assert expr(PATIENT) == [True]
     assert expr(OBSERVATION) == [True]
+
+
+# -- membership and equality against literal lists (folded at compile time) -------------------
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("'a' in ('a' | 'b')", [True]), ("'c' in ('a' | 'b')", [False]),
+    ("true in ('true' | 'b')", [False]), ("true in (true | 'b')", [True]),
+    ("1 in ('1' | 'b')", [False]), ("1.0 in (1 | 'b')", [True]),
+    ("@2020 in (@2020-01 | 'b')", [False]), ("{} in ('a' | 'b')", []),
+    ("('a' | 'b') contains 'b'", [True]), ("('a' | 'b') contains {}", []),
+    ("gender in ('male' | 'female')", [True]), ("birthDate in ('1974-12-25' | 'x')", [False]),
+    ("gender = 'male'", [True]), ("'male' != gender", [False]), ("name.given = 'Jim'", [False]),
+    ("birthDate = '1974-12-25'", [False]), ("('a' | 'b' | 'a').count()", [2]),
+])
+def test_membership_and_equality_with_literal_lists(expression: str, expected: list) -> None:
+    patient = {**PATIENT, "gender": "male"}
+    assert evaluate(patient, expression) == expected
+
+
+def test_membership_with_several_items_on_the_left_is_an_error() -> None:
+    with pytest.raises(FhirPathError):
+        evaluate(PATIENT, "name.given in ('Peter' | 'Jim')")

@@ -30,7 +30,8 @@ from ekd.fhirpath.model import Node
 from ekd.fhirpath.parser import FhirPathSyntaxError, parse
 from ekd.fhirpath.values import UCUM, Date, DateTime, Quantity, Temporal, Time, TypeInfo
 
-__all__ = ["Expression", "FhirPathError", "compile", "evaluate", "literal", "type_of"]
+__all__ = ["Expression", "FhirPathError", "Variables", "compile", "evaluate", "literal", "type_of",
+           "variables"]
 
 
 class FhirPathError(ValueError):
@@ -70,8 +71,12 @@ class Expression:
         is an element rather than a resource.
         """
         root = _collection(resource, base)
-        vars_: dict[str, list] = {"context": root, "resource": root, "rootResource": root}
-        if variables:
+        vars_: dict[str, list]
+        if type(variables) is Variables:
+            vars_ = {"context": root, "resource": root, "rootResource": root, **variables}
+        else:
+            vars_ = {"context": root, "resource": root, "rootResource": root}
+        if variables and type(variables) is not Variables:
             for name, value in variables.items():
                 vars_[name] = _collection(value, None)
             if "resource" in variables and "rootResource" not in variables:
@@ -85,6 +90,22 @@ class Expression:
         except Exception as exc:  # an engine bug must not escape as a random exception type
             raise FhirPathError(
                 f"FHIRPath '{self.expression}' failed: {type(exc).__name__}: {exc}") from exc
+
+
+class Variables(dict):
+    """Variables converted to FHIRPath collections once (see `variables`), for callers that
+    evaluate many expressions with the same `%resource`: passed as `variables`, they are used
+    as they are instead of being wrapped again on every call. Treat as read-only."""
+
+
+def variables(values: Mapping[str, Any]) -> Variables:
+    """`values` as FHIRPath collections, exactly as `Expression.items` would convert them."""
+    out = Variables()
+    for name, value in values.items():
+        out[name] = _collection(value, None)
+    if "resource" in values and "rootResource" not in values:
+        out["rootResource"] = out["resource"]
+    return out
 
 
 @lru_cache(maxsize=4096)
@@ -111,6 +132,8 @@ def evaluate(resource: Any, expression: str, variables: Mapping[str, Any] | None
 
 
 def _collection(value: Any, base: str | None) -> list:
+    if type(value) is dict:  # the common case: a resource or an element
+        return [model.resource_node(value, base)]
     if value is None:
         return []
     if isinstance(value, list | tuple):

@@ -40,6 +40,38 @@ Step = Callable[[list, "Env"], list]
 _UNSET: Any = object()
 _NUMBERS = (int, Decimal)
 
+#: Evaluate sub-expressions made only of literals once, at compile time (see
+#: `Compiler._fold`), and let `in`/`contains` test strings against a constant collection of
+#: strings with a set. A switch only so benchmarks and tests can compare with and without;
+#: it is read when an expression is compiled (`ekd.fhirpath.compile` caches compiled ones).
+FOLD_CONSTANTS = True
+
+#: Operators whose result depends on nothing but their operands (no focus, variables, Decimal
+#: context or clock), so constant operands give a constant result. Arithmetic is left out, and
+#: so are operands holding quantities (comparing them may convert units): Decimal arithmetic
+#: depends on the thread's decimal context at evaluation time.
+_FOLDABLE = frozenset({"|", "=", "!=", "~", "!~", "<", ">", "<=", ">=", "and", "or", "xor",
+                       "implies", "in", "contains", "&"})
+
+
+def constant(items: list | tuple) -> Ev:
+    """An Ev that always yields `items` (a fresh list per call: callers may mutate results).
+
+    The items are also exposed as the tuple `ev.const`, which is how the compiler recognises a
+    constant operand (`const_items`)."""
+    frozen = tuple(items)
+
+    def const(_env: Env) -> list:
+        return list(frozen)
+
+    const.const = frozen  # type: ignore[attr-defined]
+    return const
+
+
+def const_items(ev: Callable[..., list]) -> tuple | None:
+    """The items of a constant Ev (see `constant`), None if it is not known to be constant."""
+    return getattr(ev, "const", None)
+
 
 class Options:
     """Evaluation switches fixed at compile time."""
@@ -388,9 +420,13 @@ class Compiler:
             value = Quantity(Decimal(number), unit, not quoted)
         if value is None:
             raise EvaluationError(f"Invalid {kind} literal '{raw}'")
+        if FOLD_CONSTANTS:
+            return constant([value])
         return lambda _env: [value]
 
     def _e_empty(self, node: Ast) -> Ev:
+        if FOLD_CONSTANTS:
+            return constant([])
         return lambda _env: []
 
     def _e_paren(self, node: Ast) -> Ev:
@@ -506,9 +542,30 @@ class Compiler:
         return as_
 
     def _e_binary(self, node: Ast) -> Ev:
-        left = self.expr(node.children[0])
-        right = self.expr(node.children[1])
-        return binary(node.value, left, right)
+        op = node.value
+        if op == "|":
+            # A chain `a | b | c | ...` parses as left-nested unions; compile its operands
+            # iteratively (value lists have hundreds) and fold the whole chain at once.
+            evs = [self.expr(n) for n in _union_operands(node)]
+            ev = evs[0]
+            for nxt in evs[1:]:
+                ev = binary(op, ev, nxt)
+            operands = evs
+        else:
+            operands = [self.expr(node.children[0]), self.expr(node.children[1])]
+            ev = binary(op, *operands)
+        if FOLD_CONSTANTS and op in _FOLDABLE and all(_foldable(e) for e in operands):
+            return self._fold(ev)
+        return ev
+
+    def _fold(self, ev: Ev) -> Ev:
+        """`ev`, which depends on constants only, evaluated now. If that fails, it is kept as
+        is: the error is the evaluation's to report, not the compiler's."""
+        try:
+            items = ev(Env([], {}, self.opts))
+        except Exception:
+            return ev
+        return constant(items)
 
     def _e_type(self, node: Ast) -> Ev:
         raise EvaluationError("A type name cannot be evaluated")
@@ -518,6 +575,7 @@ class Compiler:
     def _member(self, name: str, at_root: bool) -> Step:
         strict = self.opts.strict
         is_type_name = at_root and name[:1].isupper()
+        plans: dict[str, Any] = {}  # see model.member
 
         def member(inp: list, env: Env) -> list:
             out: list = []
@@ -532,7 +590,7 @@ class Compiler:
                     return out
             for item in inp:
                 if type(item) is Node:
-                    if not model.member(item, name, out):
+                    if not model.member(item, name, out, plans):
                         _unknown_member(item, name, strict)
                 elif type(item) is TypeInfo and name in ("name", "namespace"):
                     out.append(getattr(item, name))
@@ -541,6 +599,25 @@ class Compiler:
             return out
 
         return member
+
+
+def _foldable(ev: Ev) -> bool:
+    items = const_items(ev)
+    return items is not None and not any(type(x) is Quantity for x in items)
+
+
+def _union_operands(node: Ast) -> list[Ast]:
+    """The operands of a chain of `|`, left to right, without recursion."""
+    out: list[Ast] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.kind == "binary" and n.value == "|":
+            stack.append(n.children[1])
+            stack.append(n.children[0])
+        else:
+            out.append(n)
+    return out
 
 
 def _unknown_member(item: Node, name: str, strict: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from fhirpathpy.models import models
@@ -210,11 +210,18 @@ def _decimal(v: Any) -> Decimal | None:
     return None
 
 
+#: Primitive types whose System value is not simply their JSON string.
+_NOT_PLAIN_STRINGS = frozenset({"boolean", "integer", "positiveInt", "unsignedInt", "decimal",
+                                "date", "dateTime", "instant", "time"})
+
+
 def _system_value(node: Node) -> Any:
     d = node.data
+    t = node.type
+    if type(d) is str and t not in _NOT_PLAIN_STRINGS:  # code, uri, string...: the usual case
+        return d
     if d is None:
         return None
-    t = node.type
     if isinstance(d, dict):
         return node
     if t == "boolean":
@@ -224,21 +231,37 @@ def _system_value(node: Node) -> Any:
     if t == "decimal":
         return _decimal(d)
     if t == "date":
-        return Date.parse(d) if isinstance(d, str) else None
+        return _parse_date(d) if isinstance(d, str) else None
     if t in ("dateTime", "instant"):
-        if not isinstance(d, str):
-            return None
-        if len(d) <= 10:  # a dateTime of date precision is still a DateTime
-            parsed = Date.parse(d)
-            return parsed.to_datetime() if parsed else None
-        return DateTime.parse(d)
+        return _parse_datetime(d) if isinstance(d, str) else None
     if t == "time":
-        return Time.parse(d) if isinstance(d, str) else None
+        return _parse_time(d) if isinstance(d, str) else None
     if isinstance(d, str | bool | int):
         return d
     if isinstance(d, float):
         return Decimal(repr(d))
     return d
+
+
+# A resource's dates are read again by every invariant that looks at them (per-1 reads a
+# period's start and end twice each, on every Period); temporals are immutable values, so the
+# parsed ones can be shared.
+@lru_cache(maxsize=4096)
+def _parse_date(text: str) -> Date | None:
+    return Date.parse(text)
+
+
+@lru_cache(maxsize=4096)
+def _parse_datetime(text: str) -> DateTime | None:
+    if len(text) <= 10:  # a dateTime of date precision is still a DateTime
+        parsed = Date.parse(text)
+        return parsed.to_datetime() if parsed else None
+    return DateTime.parse(text)
+
+
+@lru_cache(maxsize=4096)
+def _parse_time(text: str) -> Time | None:
+    return Time.parse(text)
 
 
 def node_quantity(node: Node) -> Quantity | None:
@@ -283,16 +306,25 @@ def resource_node(data: Any, base: str | None = None) -> Node:
         return Node(data, rt, rt)
     if base is not None:
         if "." in base:
-            head, name = base.rsplit(".", 1)
-            el = element(head, name)
-            if el is not None and len(el.keys) == 1:
-                _key, type_name, child = el.keys[0]
-                return make_node(data, None, type_name, child)
+            typed = _element_base(base)
+            if typed is not None:
+                return make_node(data, None, *typed)
             return Node(data, "BackboneElement", base)
         return make_node(data, None, base, base)
     if isinstance(data, dict):
         return Node(data, "Element", None)
     return Node(data, _json_type(data), None)
+
+
+@cache
+def _element_base(base: str) -> tuple[str, str | None] | None:
+    """(FHIR type, child path) of the element at path `base` when it has a single type."""
+    head, name = base.rsplit(".", 1)
+    el = element(head, name)
+    if el is not None and len(el.keys) == 1:
+        _key, type_name, child = el.keys[0]
+        return type_name, child
+    return None
 
 
 _RESOURCE_TYPES = frozenset({"Resource", *(t for t in PARENTS if is_resource_type(t))})
@@ -317,8 +349,26 @@ def _append(out: list[Node], v: Any, e: Any, type_name: str, child: str | None) 
         out.append(make_node(v, e, type_name, child))
 
 
-def member(node: Node, name: str, out: list[Node]) -> bool:
-    """Append the children called `name` to `out`; False when the model has no such element."""
+#: How to read element `name` of the type/backbone at a path: (JSON key, "_" + key, FHIR type,
+#: child path, whether `_append`'s cheap case applies to the type), per choice type.
+Plan = tuple[tuple[str, str, str, "str | None", bool], ...]
+
+
+@cache
+def member_plan(path: str, name: str) -> Plan | None:
+    """`element(path, name)` prepared for `member`; None when the model has no such element."""
+    el = element(path, name)
+    if el is None:
+        return None
+    return tuple((key, "_" + key, type_name, child, type_name not in _RESOURCE_TYPES)
+                 for key, type_name, child in el.keys)
+
+
+def member(node: Node, name: str, out: list[Node], plans: dict | None = None) -> bool:
+    """Append the children called `name` to `out`; False when the model has no such element.
+
+    `plans`, if given, is the caller's cache of `member_plan(path, name)` by path for this
+    `name` (a plain dictionary hit instead of a cached call with a tuple key)."""
     data = node.data
     if not isinstance(data, dict):
         ext = node.ext
@@ -329,8 +379,15 @@ def member(node: Node, name: str, out: list[Node]) -> bool:
             return True
         return node.path is None or node.type not in PRIMITIVES
     path = node.path
-    el = element(path, name) if path is not None else None
-    if el is None:
+    if path is None:
+        plan = None
+    elif plans is None:
+        plan = member_plan(path, name)
+    else:
+        plan = plans.get(path, _UNSET)
+        if plan is _UNSET:
+            plan = plans[path] = member_plan(path, name)
+    if plan is None:
         v = data.get(name)
         e = data.get("_" + name)
         if v is not None or e is not None:
@@ -340,9 +397,17 @@ def member(node: Node, name: str, out: list[Node]) -> bool:
             elif v is not None or e is not None:
                 out.append(make_node(v, e, _json_type(v), None))
         return path is None
-    for key, type_name, child in el.keys:
+    for key, ukey, type_name, child, plain in plan:
         v = data.get(key)
-        e = data.get("_" + key)
+        e = data.get(ukey)
+        if e is None and plain:  # `_append`'s common case, inlined
+            if v is None:
+                continue
+            if type(v) is list:
+                out.extend([Node(x, type_name, child) for x in v if x is not None])
+            else:
+                out.append(Node(v, type_name, child))
+            continue
         if v is None and e is None:
             continue
         _append(out, v, e, type_name, child)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from decimal import Decimal, DivisionByZero, InvalidOperation
 
+from ekd.fhirpath import engine
 from ekd.fhirpath.engine import (
     Env,
     Ev,
     EvaluationError,
     Seen,
     compare_values,
+    const_items,
     contains_item,
     eq_items,
+    eq_values,
     equiv_values,
     single_val,
     to_bool,
@@ -42,6 +45,12 @@ def binary(op: str, left: Ev, right: Ev) -> Ev:
 
 def _equality(op: str, left: Ev, right: Ev) -> Ev:
     negate = op == "!="
+    if engine.FOLD_CONSTANTS:
+        text, other = _const_string(right), left
+        if text is None:
+            text, other = _const_string(left), right
+        if text is not None:
+            return _string_equality(negate, other, text)
 
     def equals(env: Env) -> list:
         a, b = left(env), right(env)
@@ -58,6 +67,35 @@ def _equality(op: str, left: Ev, right: Ev) -> Ev:
         return [not negate]
 
     return equals
+
+
+def _const_string(ev: Ev) -> str | None:
+    items = const_items(ev)
+    if items is not None and len(items) == 1 and type(items[0]) is str:
+        return items[0]  # type: ignore[no-any-return]
+    return None
+
+
+def _string_equality(negate: bool, other: Ev, text: str) -> Ev:
+    """`x = 'text'` (either way round): what `equals` computes, without evaluating the constant
+    side per call or going through the general comparison for a String x. Equality is
+    symmetric (`eq_values`), so the side the literal is on does not matter."""
+
+    def equals_text(env: Env) -> list:
+        a = other(env)
+        if not a:
+            return []
+        if len(a) != 1:
+            return [negate]
+        v = val(a[0])
+        if type(v) is str:
+            return [(v == text) is not negate]
+        r = eq_values(v, text)
+        if r is None:
+            return []
+        return [r is not negate]
+
+    return equals_text
 
 
 def _equivalence(op: str, left: Ev, right: Ev) -> Ev:
@@ -161,7 +199,57 @@ def _logic(op: str, left: Ev, right: Ev) -> Ev:
 # -- collections -------------------------------------------------------------------------------
 
 
+def _string_set(ev: Ev) -> frozenset | None:
+    """The items of a constant collection made only of strings and booleans as a set, for
+    `in`/`contains` (None otherwise, and when constant folding is switched off).
+
+    FHIRPath equality of a String or Boolean item x with such a collection is exactly Python
+    membership: a string equals only an equal string, a boolean only the same boolean
+    (`eq_values`), and no string or bool hashes equal to a member of the other type. Numbers,
+    dates and quantities are left to `contains_item` (1 = 1.0, @2020 = @2020-01 is empty...),
+    as are left items of any other type."""
+    if not engine.FOLD_CONSTANTS:
+        return None
+    items = const_items(ev)
+    if items is None or not all(type(x) is str or type(x) is bool for x in items):
+        return None
+    return frozenset(items)
+
+
 def _membership(op: str, left: Ev, right: Ev) -> Ev:
+    keys = _string_set(right if op == "in" else left)
+    if keys is not None:
+        coll = list(const_items(right if op == "in" else left) or ())
+        if op == "in":
+
+            def in_set(env: Env) -> list:
+                a = left(env)
+                if not a:
+                    return []
+                if len(a) > 1:
+                    raise EvaluationError(
+                        f"'in' expects a single item on the left, got {len(a)}")
+                v = val(a[0])
+                if type(v) is str or type(v) is bool:
+                    return [v in keys]
+                return [contains_item(coll, a[0])]
+
+            return in_set
+
+        def contains_set(env: Env) -> list:
+            b = right(env)
+            if not b:
+                return []
+            if len(b) > 1:
+                raise EvaluationError(
+                    f"'contains' expects a single item on the right, got {len(b)}")
+            v = val(b[0])
+            if type(v) is str or type(v) is bool:
+                return [v in keys]
+            return [contains_item(coll, b[0])]
+
+        return contains_set
+
     if op == "in":
 
         def in_(env: Env) -> list:

@@ -223,6 +223,8 @@ class Compiler:
         self.snapshots = snapshots or SnapshotGenerator(registry)
         self._lock = threading.RLock()
         self._profiles: dict[str, CompiledProfile] = {}
+        #: `datatype(code)` results by type code (the walker asks for every complex value).
+        self._datatypes: dict[str, CompiledProfile] = {}
         self._failed: dict[str, str] = {}
         self._by_sd: dict[int, tuple[dict, CompiledProfile]] = {}
         self._checks: dict[str, PrimitiveCheck] = {}
@@ -236,6 +238,7 @@ class Compiler:
     def clear(self) -> None:
         with self._lock:
             self._profiles.clear()
+            self._datatypes.clear()
             self._failed.clear()
             self._by_sd.clear()
             self._resource_types = None
@@ -272,10 +275,18 @@ class Compiler:
 
     def datatype(self, code: str) -> CompiledProfile | None:
         """The base definition of a type, compiled once and shared."""
+        hit = self._datatypes.get(code)
+        if hit is not None:
+            return hit
+        canonical = code if "/" in code else BASE + code
         try:
-            return self.profile(code if "/" in code else BASE + code)
+            found = self.profile(canonical)
         except CompileError:
             return None
+        with self._lock:  # only what `profile` still holds: a clear() in between wins
+            if found is not None and found is self._profiles.get(canonical):
+                self._datatypes[code] = found
+        return found
 
     def resource_types(self) -> frozenset[str]:
         if self._resource_types is None:

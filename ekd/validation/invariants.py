@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ekd.fhirpath import FhirPathError
+from ekd.fhirpath import Expression, FhirPathError, to_python
 from ekd.fhirpath import compile as compile_fhirpath
+from ekd.fhirpath import variables as fhirpath_variables
+from ekd.fhirpath.model import Node
 
 UCUM = "http://unitsofmeasure.org"
 
@@ -27,6 +29,10 @@ class Scope:
 
     resource: dict
     root: dict
+    #: The FHIRPath variables for these, built on the first engine evaluation and reused by the
+    #: others on the same resource (wrapping them anew for each invariant cost more than
+    #: evaluating most invariants).
+    fhirpath_vars: Any = field(default=None, compare=False, repr=False)
 
 
 #: (focus, scope, base) -> True (holds), False (violated), None (could not be evaluated);
@@ -47,6 +53,9 @@ class Invariant:
     #: see a bare JSON object cannot know that `value` means `valueQuantity`.
     choices: tuple[str, ...] = ()
     failure: str | None = None  # why the expression could not be compiled, if it could not
+    #: Evaluated natively from the focus alone (not `%resource`...): cheaper to evaluate
+    #: again than to look the outcome up in the walker's cache.
+    native: bool = False
 
 
 def compile_invariant(constraint: dict, source: str, choices: tuple[str, ...] = ()) -> Invariant:
@@ -57,7 +66,8 @@ def compile_invariant(constraint: dict, source: str, choices: tuple[str, ...] = 
     expression = ERRATA.get((key, expression), expression)
     native = _NATIVE.get((key, expression)) or _NATIVE_BY_EXPRESSION.get(expression)
     if native is not None:
-        return Invariant(key, severity, human, expression, source, native, choices)
+        return Invariant(key, severity, human, expression, source, native, choices,
+                         native=native is not _ref1)
     if not expression:
         return Invariant(key, severity, human, expression, source, _skip, choices,
                          failure="no expression")
@@ -66,7 +76,10 @@ def compile_invariant(constraint: dict, source: str, choices: tuple[str, ...] = 
     except FhirPathError as exc:
         return Invariant(key, severity, human, expression, source, _skip, choices,
                          failure=str(exc))
-    return Invariant(key, severity, human, expression, source, _engine(fn, choices), choices)
+    evaluate = _engine(fn, choices)
+    if expression in _ONLY_WITH_CONTAINED:
+        evaluate = _when_contained(evaluate)
+    return Invariant(key, severity, human, expression, source, evaluate, choices)
 
 
 def _skip(focus: Any, scope: Scope, base: str | None = None) -> bool | None:
@@ -75,20 +88,46 @@ def _skip(focus: Any, scope: Scope, base: str | None = None) -> bool | None:
 
 def _engine(fn: Callable[..., list], choices: tuple[str, ...]) -> Evaluator:
     typed = _accepts_base(fn)
+    ours = isinstance(fn, Expression)
 
     def run(focus: Any, scope: Scope, base: str | None = None) -> bool | None:
-        variables = {"resource": scope.resource, "rootResource": scope.root, "ucum": UCUM}
+        variables: Any
+        if ours:
+            variables = scope.fhirpath_vars
+            if variables is None:
+                variables = scope.fhirpath_vars = fhirpath_variables(
+                    {"resource": scope.resource, "rootResource": scope.root, "ucum": UCUM})
+        else:
+            variables = {"resource": scope.resource, "rootResource": scope.root, "ucum": UCUM}
         try:
             if typed and base is not None:
+                if ours:
+                    return _item_truth(fn.items(focus, variables, base=base))
                 result = fn(focus, variables, base=base)
             else:
                 if choices and isinstance(focus, dict) and "resourceType" not in focus:
                     focus = _with_choice_aliases(focus, choices)
+                if ours:
+                    return _item_truth(fn.items(focus, variables))
                 result = fn(focus, variables)
         except FhirPathError:
             return None
         return _truth(result)
     return run
+
+
+def _item_truth(items: list) -> bool | None:
+    """`_truth(expression(...))` computed on `Expression.items(...)`: the same filtering of
+    value-less primitives and conversion as `Expression.__call__`, for the one item that
+    decides, without converting a whole result."""
+    if len(items) == 1:
+        x = items[0]
+        if x is True or x is False:  # the usual outcome: a System Boolean
+            return x
+    kept = [x for x in items if not (type(x) is Node and x.data is None)]
+    if len(kept) == 1:
+        return _truth([to_python(kept[0])])
+    return True if kept else None
 
 
 def _accepts_base(fn: Callable[..., list]) -> bool:
@@ -126,7 +165,7 @@ def _truth(result: list) -> bool | None:
 def has_value_or_children(focus: Any) -> bool:
     """ele-1: `hasValue() or (children().count() > id.count())`."""
     if isinstance(focus, dict):
-        return any(k != "id" for k in focus)
+        return len(focus) > ("id" in focus)  # a key other than "id"
     return focus is not None
 
 
@@ -226,6 +265,31 @@ _DOM3 = (
     "descendants().where(as(canonical) = '#').exists() or descendants().where(as(canonical) = "
     "'#').exists()).not()).trace('unmatched', id).empty()"
 )
+
+#: dom-3 as the R4 package states it (`ofType` where the specification text has `as`); it is
+#: evaluated by the engine, since `_dom3` was written for the other wording.
+_DOM3_OF_TYPE = (
+    "contained.where((('#'+id in (%resource.descendants().reference | "
+    "%resource.descendants().ofType(canonical) | %resource.descendants().ofType(uri) | "
+    "%resource.descendants().ofType(url))) or descendants().where(reference = '#').exists() "
+    "or descendants().where(as(canonical) = '#').exists() or descendants().where(as(canonical)"
+    " = '#').exists()).not()).trace('unmatched', id).empty()"
+)
+#: Expressions of the form `contained.where(...)...empty()`: true whenever the focus has no
+#: contained resources (`contained` is then empty, and so is everything filtered from it).
+_ONLY_WITH_CONTAINED = frozenset({_DOM3_OF_TYPE})
+
+
+def _when_contained(evaluate: Evaluator) -> Evaluator:
+    """`evaluate`, answered without the engine when the focus has no `contained` at all."""
+
+    def run(focus: Any, scope: Scope, base: str | None = None) -> bool | None:
+        if type(focus) is dict and "contained" not in focus and "_contained" not in focus:
+            return True
+        return evaluate(focus, scope, base)
+
+    return run
+
 
 def _ref1(focus: Any, scope: Scope, base: str | None = None) -> bool | None:
     """ref-1: a local reference (`#id`) points at a contained resource of the resource."""

@@ -142,24 +142,32 @@ def make_check(type_code: str, regex: str | None) -> PrimitiveCheck:
             return None
         return check_number
 
+    # Which of the type-specific rules below apply, decided once per type, not per value.
+    empty_ok = type_code == "xhtml"
+    calendar_rule = type_code in ("date", "dateTime", "instant")
+    timezone_rule = type_code == "dateTime"
+    base64_rule = type_code == "base64Binary"
+    uuid_rule = type_code == "uuid"
+    uri_rule = type_code in ("uri", "url", "canonical")
+
     def check_string(value: object) -> str | None:
         if not isinstance(value, str):
             return f"{label} values must be JSON strings"
-        if value == "" and type_code != "xhtml":
+        if value == "" and not empty_ok:
             return "@value cannot be empty"
         if len(value) > MAX_STRING:
             return "value is longer than permitted maximum length of 1 MB (1048576 bytes)"
         if pattern is not None and pattern(value) is None:
             return f"Not a valid {label} format"
-        if type_code in ("date", "dateTime", "instant") and not _calendar_ok(value):
+        if calendar_rule and not _calendar_ok(value):
             return f"Not a valid {label} (no such day)"
-        if type_code == "dateTime" and "T" in value and not _has_timezone(value):
+        if timezone_rule and "T" in value and not _has_timezone(value):
             return "If a date has a time, it must have a timezone"
-        if type_code == "base64Binary" and not _base64_ok(value):
+        if base64_rule and not _base64_ok(value):
             return "Not a valid Base64 value"
-        if type_code == "uuid" and value != value.lower():
+        if uuid_rule and value != value.lower():
             return "UUIDs must be valid and lowercase"
-        if type_code in ("uri", "url", "canonical"):
+        if uri_rule:
             if value.startswith("urn:uuid:") and not _UUID.fullmatch(value):
                 return "UUIDs must be valid and lowercase"
             if value.startswith("urn:oid:") and not _OID.fullmatch(value):

@@ -426,9 +426,10 @@ class Walk:
             base = el.fhirpath_base
         cache = self._invariant_results
         for inv in el.invariants:
-            if type(focus) is dict:
+            if type(focus) is dict and not inv.native:
                 # The same invariant on the same node comes again with every profile that
-                # includes the base definition: evaluate once.
+                # includes the base definition: evaluate once (native ones are cheaper to
+                # evaluate again; issues are de-duplicated by `report`).
                 key = (id(focus), inv.key, inv.expression)
                 outcome = cache.get(key, _MISSING)
                 if outcome is _MISSING:
