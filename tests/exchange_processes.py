@@ -53,6 +53,8 @@ class Network:
     pki: pki_module.Pki = field(init=False)
     ports: dict[str, int] = field(init=False)
     servers: dict[str, ServerProcess] = field(default_factory=dict)
+    #: `ekd serve --workers` per organisation (default 1).
+    workers: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pki = pki_module.init(self.folder / "pki")
@@ -103,7 +105,8 @@ class Network:
             "EKD_EXCHANGE_POLL": "0.1", "EKD_EXCHANGE_RETRY_BASE": "0.2",
             "EKD_EXCHANGE_RETRY_CAP": "1", "EKD_EXCHANGE_LEASE": "3", **extra})
         argv = [*ekd_command(), "serve", "--host", "127.0.0.1", "--port", str(self.ports[ura]),
-                "--database-url", db, "--dev-role", "jeugdarts", "--log-level", "warning"]
+                "--database-url", db, "--dev-role", "jeugdarts", "--log-level", "warning",
+                "--workers", str(self.workers.get(ura, 1))]
         return ServerProcess(f"ekd-{ura}", argv, self.ports[ura],
                              f"{self.base(ura)}/health/live", log, env=env, cwd=self.folder,
                              verify=self.tls)

@@ -19,8 +19,8 @@ Measured, interleaved in rounds (ABAB, so drift hits both alike):
   `imported` (dispatch, relay, inbox with technical receipt, decrypt, verify, validate,
   match, import, application receipt back to the sender, receipt verified);
 - floor: the same dossiers (as the sender holds them) validated and stored with new ids at a
-  third organisation, one transaction per dossier, with the same validator and store the
-  importer uses.
+  third organisation, one transaction per dossier, with the same validator and store call
+  (`ResourceStore.create_many`) the importer uses.
 
 The split comes from timers wrapped around the functions of each step (sums over the run).
 Printed last: dossiers/s for both, the ratio end-to-end/floor, and the issue's targets
@@ -64,6 +64,7 @@ TIMES: dict[str, float] = defaultdict(float)
 def timed(module: Any, name: str, label: str) -> None:
     """Wrap `module.name` so its time adds up under `label`."""
     original: Callable[..., Any] = getattr(module, name)
+    TIMES[label] += 0.0  # listed even when never called (the sender skips stamped versions)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
@@ -143,11 +144,10 @@ def floor(world: World, dossiers: list[list[dict]]) -> float:
                       if i.severity in ("error", "fatal")]
             assert not errors, errors[0].diagnostics
         with services.db.write() as conn:
-            store = services.store(conn, OTHER)
-            for resource in resources:
-                content = dict(resource)
-                content["id"] = str(uuid.uuid4())
-                store.create(content["resourceType"], content["id"], content, method="PUT")
+            # one batch, as the importer stores a dossier
+            services.store(conn, OTHER).create_many(
+                [(r["resourceType"], new_id, {**r, "id": new_id})
+                 for r in resources for new_id in (str(uuid.uuid4()),)], method="PUT")
     return time.perf_counter() - start
 
 

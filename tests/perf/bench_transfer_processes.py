@@ -130,6 +130,8 @@ def main() -> None:
                         help="threads sending the $transfer requests")
     parser.add_argument("--database-url", help="a PostgreSQL server URL (scratch databases "
                                                "are made on it); default SQLite")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes of each ekd instance (ekd serve --workers)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 children")
     parser.add_argument("--seed", type=int, default=5)
     args = parser.parse_args()
@@ -139,6 +141,7 @@ def main() -> None:
         folder = Path(tmp)
         with databases(args.database_url, folder) as dbs:
             net = Network(folder, dbs)
+            net.workers = {THUISZORG: args.workers, GGD: args.workers}
             try:
                 for ura in (RELAY, THUISZORG, GGD):
                     net.start(ura)
@@ -162,6 +165,7 @@ def main() -> None:
     backend = "PostgreSQL" if args.database_url else "SQLite"
     print(f"\nbackend {backend}; {n} dossiers, {min(sizes)}-{max(sizes)} resources "
           f"(median {sizes[len(sizes) // 2]}); {args.clients} client threads; "
+          f"{args.workers} process(es) per ekd instance; "
           f"{os.cpu_count()} CPUs")
     print(f"final states: {states}")
     print("\nCPU per dossier by process (user + system):")
