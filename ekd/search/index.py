@@ -351,25 +351,9 @@ def _composite_fast(extractor: Extractor, element: object, base: str | None, mem
     seconds = _component_fast(memo, kind2, expr2, walker2, element, base)
     for _, first in firsts:
         for table, second in seconds:
-            row = {"system": first.get("system"), "code": first.get("code") or first.get(
-                "target_id"), "c2_system": None, "c2_code": None, "c2_value": None,
-                "c2_low": None, "c2_high": None, "c2_text": None}
-            if table == "search_token":
-                row.update(c2_system=second["system"], c2_code=second["code"])
-            elif table == "search_quantity":  # as given: the query converts (sql.py)
-                row.update(c2_system=second["system"], c2_code=second["code"],
-                           c2_value=second["value"])
-            elif table == "search_number":
-                row.update(c2_value=second["value"])
-            elif table == "search_date":
-                row.update(c2_low=second["low"], c2_high=second["high"])
-            elif table == "search_string":
-                row.update(c2_text=second["norm"])
-            elif table == "search_reference":
-                row.update(c2_code=second["target_id"], c2_system=second["target_type"])
-            else:
-                continue
-            yield "search_composite", row
+            row = composite_row(first, table, second)
+            if row is not None:
+                yield "search_composite", row
 
 
 def _component_fast(memo: dict, kind: str, expression: Expression, walker: Walker | None,
@@ -581,6 +565,30 @@ def parse_reference(ref: str) -> dict:
             "url": ref[:MAX_TEXT] if absolute else None}
 
 
+def composite_row(first: dict, table: str, second: dict) -> dict | None:
+    """The `search_composite` row of a first component's token row and a second component's
+    row from `table`; None for a second component of a type composites do not index."""
+    row = {"system": first.get("system"), "code": first.get("code") or first.get(
+        "target_id"), "c2_system": None, "c2_code": None, "c2_value": None,
+        "c2_low": None, "c2_high": None, "c2_text": None}
+    if table == "search_token":
+        row.update(c2_system=second["system"], c2_code=second["code"])
+    elif table == "search_quantity":  # as given: the query converts (sql.py)
+        row.update(c2_system=second["system"], c2_code=second["code"],
+                   c2_value=second["value"])
+    elif table == "search_number":
+        row.update(c2_value=second["value"])
+    elif table == "search_date":
+        row.update(c2_low=second["low"], c2_high=second["high"])
+    elif table == "search_string":
+        row.update(c2_text=second["norm"])
+    elif table == "search_reference":
+        row.update(c2_code=second["target_id"], c2_system=second["target_type"])
+    else:
+        return None
+    return row
+
+
 def composite_rows(extractor: Extractor, item: object, memo: dict | None = None
                    ) -> Iterator[dict]:
     """Pairs of (first component, second component) values taken from the same element.
@@ -594,25 +602,9 @@ def composite_rows(extractor: Extractor, item: object, memo: dict | None = None
     seconds = _memo_component(memo, kind2, expr2, item)
     for _, first in firsts:
         for table, second in seconds:
-            row = {"system": first.get("system"), "code": first.get("code") or first.get(
-                "target_id"), "c2_system": None, "c2_code": None, "c2_value": None,
-                "c2_low": None, "c2_high": None, "c2_text": None}
-            if table == "search_token":
-                row.update(c2_system=second["system"], c2_code=second["code"])
-            elif table == "search_quantity":  # as given: the query converts (sql.py)
-                row.update(c2_system=second["system"], c2_code=second["code"],
-                           c2_value=second["value"])
-            elif table == "search_number":
-                row.update(c2_value=second["value"])
-            elif table == "search_date":
-                row.update(c2_low=second["low"], c2_high=second["high"])
-            elif table == "search_string":
-                row.update(c2_text=second["norm"])
-            elif table == "search_reference":
-                row.update(c2_code=second["target_id"], c2_system=second["target_type"])
-            else:
-                continue
-            yield row
+            row = composite_row(first, table, second)
+            if row is not None:
+                yield row
 
 
 def _memo_component(memo: dict | None, kind: str, expression: Expression, item: object

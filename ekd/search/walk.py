@@ -97,14 +97,20 @@ def _member(name: str, only: TypeTest | None = None) -> Op:
     return member
 
 
-def root_keys(ops: list[Op], path: str) -> frozenset[str] | None:
-    """JSON keys of an element at `path` one of which must be present for `ops` to select
-    anything from it (None: not known)."""
+def _head_keys(ops: list[Op], path: str) -> tuple[tuple[str, str, str, str], ...] | None:
+    """`_keys` of the member the walk starts with (None: it starts otherwise, or unknown)."""
     name = getattr(ops[0], "member_name", None) if ops else None
     if name is None:
         return None
     keys = _keys(path, name, ops[0].only)  # type: ignore[attr-defined]
-    if keys is _UNSUPPORTED:
+    return None if keys is _UNSUPPORTED else keys
+
+
+def root_keys(ops: list[Op], path: str) -> frozenset[str] | None:
+    """JSON keys of an element at `path` one of which must be present for `ops` to select
+    anything from it (None: not known)."""
+    keys = _head_keys(ops, path)
+    if keys is None:
         return None
     # `_name` too: with only extensions, the engine has an item (without data) to go on from.
     return frozenset(k for key, ukey, _, _ in keys for k in (key, ukey))
@@ -379,11 +385,8 @@ class Walker:
         for part_type, ops in self.parts:
             if part_type is not None and not model.is_subtype(root_type, part_type):
                 return None
-            name = getattr(ops[0], "member_name", None) if ops else None
-            if name is None:
-                return None
-            keys = _keys(path, name, ops[0].only)  # type: ignore[attr-defined]
-            if keys is _UNSUPPORTED:
+            keys = _head_keys(ops, path)
+            if keys is None:
                 return None
             second = ops[1] if len(ops) > 1 else None
             name2 = getattr(second, "member_name", None)

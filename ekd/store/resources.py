@@ -564,19 +564,28 @@ def _pg_index_params(rows: dict[str, list[dict]]) -> dict[str, str]:
     return {table: _json(rows.get(table, ())) for table in INDEX_TABLES}
 
 
-def _pg_index_ctes(src: str) -> str:
-    """One INSERT per index table, fed by a JSON array parameter named after the table."""
+def _pg_index_ctes(src: str | None) -> str:
+    """One INSERT per index table, fed by a JSON array parameter named after the table: the
+    rows of one resource (`src` is the CTE with its pk; type and org are parameters), or with
+    `src=None` those of a whole batch, where each row carries the position (`ord`) of its
+    resource, which the CTE `k` maps to pk, type and org."""
     parts = []
     for table in INDEX_TABLES:
         columns = _index_columns(table)
         names = ", ".join(c for c, _ in columns)
         record = ", ".join(f"{c} {t}" for c, t in columns)
         picked = ", ".join(f"x.{c}" for c, _ in columns)
-        parts.append(
-            f"i_{table} AS (INSERT INTO {table} (resource_pk, type, {names}, org) "
-            f"SELECT {src}.pk, :type, {picked}, :org FROM {src}, "
-            f"jsonb_to_recordset(CAST(:{table} AS jsonb)) AS x({record}))"
-        )
+        if src is None:
+            owner = "k.pk, k.type"
+            rows = (f"jsonb_to_recordset(CAST(:{table} AS jsonb)) AS x(ord int, {record}) "
+                    f"JOIN k ON k.ord = x.ord")
+            org = "k.org"
+        else:
+            owner = f"{src}.pk, :type"
+            rows = f"{src}, jsonb_to_recordset(CAST(:{table} AS jsonb)) AS x({record})"
+            org = ":org"
+        parts.append(f"i_{table} AS (INSERT INTO {table} (resource_pk, type, {names}, org) "
+                     f"SELECT {owner}, {picked}, {org} FROM {rows})")
     return ",\n".join(parts)
 
 
@@ -602,24 +611,6 @@ WITH r AS (
 SELECT r.pk, v.seq FROM r, v
 """)
 
-def _pg_index_many_ctes() -> str:
-    """One INSERT per index table for a whole batch: each row carries the position (`ord`) of
-    its resource in the batch, which `k` maps to the new pk."""
-    parts = []
-    for table in INDEX_TABLES:
-        columns = _index_columns(table)
-        names = ", ".join(c for c, _ in columns)
-        record = ", ".join(f"{c} {t}" for c, t in columns)
-        picked = ", ".join(f"x.{c}" for c, _ in columns)
-        parts.append(
-            f"i_{table} AS (INSERT INTO {table} (resource_pk, type, {names}, org) "
-            f"SELECT k.pk, k.type, {picked}, k.org "
-            f"FROM jsonb_to_recordset(CAST(:{table} AS jsonb)) AS x(ord int, {record}) "
-            f"JOIN k ON k.ord = x.ord)"
-        )
-    return ",\n".join(parts)
-
-
 # The rows are inserted in batch order (ORDER BY ord), so pk and seq increase in item order as
 # they would with one `create` per item. A (type, id) that exists already is skipped by ON
 # CONFLICT and has no row in `k`: the caller sees it missing from the result.
@@ -639,7 +630,7 @@ WITH src AS (
   INSERT INTO resource_version (resource_pk, type, id, version, last_updated, method, content, org)
   SELECT pk, type, id, 1, :ts, :method, content, org FROM k ORDER BY ord
   RETURNING resource_pk, seq
-), {_pg_index_many_ctes()}
+), {_pg_index_ctes(None)}
 SELECT k.ord, k.pk, v.seq FROM k JOIN v ON v.resource_pk = k.pk
 """)
 

@@ -174,16 +174,8 @@ def main() -> None:
     total_cpu = sum(cpu.values())
     print(f"  {'all':<10} {total_cpu * 1000 / n:8.1f} ms/dossier "
           f"(busy {total_cpu / wall:.2f} cores on average)")
-    e2e_rate, floor_rate = n / wall, n / floor_time
     assert states == {"imported": n}, states
-    print(f"\nend to end (real processes):   {e2e_rate:5.2f} dossiers/s "
-          f"({wall * 1000 / n:.0f} ms each)  target >= 10: "
-          f"{'met' if e2e_rate >= 10 else 'NOT met'}")
-    print(f"floor (validate + import locally): {floor_rate:5.2f} dossiers/s "
-          f"({floor_time * 1000 / n:.0f} ms each)")
-    ratio = floor_rate / e2e_rate
-    print(f"ratio end-to-end / floor: {ratio:.2f}  target <= 3: "
-          f"{'met' if ratio <= 3 else 'NOT met'}")
+    bench_transfer.report("end to end (real processes)", n, wall, floor_time)
 
 
 if __name__ == "__main__":
