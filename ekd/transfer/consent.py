@@ -30,8 +30,13 @@ class ConsentState:
 
 def transfer_consent(search: SearchService, store: ResourceStore, patient_id: str
                      ) -> ConsentState:
-    """The child's current transfer consent state (latest active transfer Consent)."""
-    pks = search.compartment_pks(store, patient_id, types={"Consent"}, since=None)
+    """The child's current transfer consent state (latest active transfer Consent).
+
+    The child's Consents are those whose `patient` is the child (`Consent?patient=`, the
+    Consent member of the patient compartment): one index lookup, run three times per
+    transfer, rather than the whole compartment filtered to Consents."""
+    query = search.parse("Consent", [("patient", f"Patient/{patient_id}")], strict=True)
+    pks = search.matching_pks(store, query)
     return decide(s.content for s in store.current_many(pks) if s.content is not None)
 
 
