@@ -27,7 +27,7 @@ import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import orjson
@@ -36,6 +36,7 @@ from sqlalchemy import Connection, func, select, text
 
 from ekd.audit.event import indexed, instant, patient_references, to_audit_event
 from ekd.audit.record import AuditRecord
+from ekd.store.resources import sqlite_time
 from ekd.store.schema import audit_event, audit_head, audit_patient
 
 #: prev_hash of an organisation's first record.
@@ -226,11 +227,6 @@ _SQLITE_PATIENT = "INSERT INTO audit_patient (audit_pk, org, patient, bsn) VALUE
 _SQLITE_MOVE_HEAD = "UPDATE audit_head SET last_pk = ?, hash = ? WHERE org = ?"
 
 
-def _sqlite_time(t: datetime) -> str:
-    """How SQLAlchemy's SQLite DateTime stores a (UTC) time, so that reads parse it."""
-    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
 def _append_sqlite(conn: Connection, org: str, items: list[tuple[AuditRecord, str]]) -> None:
     # The sqlite3 cursor of the caller's transaction: in-process statements cost less than
     # SQLAlchemy's compile-and-bind around them (~0.1 ms each).
@@ -243,7 +239,7 @@ def _append_sqlite(conn: Connection, org: str, items: list[tuple[AuditRecord, st
         pks: dict[str, int] = {}
         for e in events:
             cur.execute(_SQLITE_EVENT, (
-                e["id"], e["org"], _sqlite_time(e["recorded"]), e["action"], e["subtype"],
+                e["id"], e["org"], sqlite_time(e["recorded"]), e["action"], e["subtype"],
                 e["outcome"], e["user_id"], e["client_id"], e["json"].decode(), e["prev_hash"],
                 e["hash"]))
             pks[e["id"]] = cur.lastrowid  # type: ignore[assignment]

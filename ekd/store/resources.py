@@ -377,7 +377,7 @@ class ResourceStore:
                             ) -> dict[tuple[str, str], tuple[int, int]]:
         """Multi-row INSERTs (a chunk each, within SQLite's bound-variable limit) for resource
         and version rows, one executemany per index table: (type, id) -> (pk, seq)."""
-        ts = self._sqlite_time(when)
+        ts = sqlite_time(when)
         per_statement = max(1, (_sqlite_variable_limit(self.conn) - 2) // 5)
         created: dict[tuple[str, str], tuple[int, int]] = {}
         for start in range(0, len(items), per_statement):
@@ -411,10 +411,7 @@ class ResourceStore:
                 continue
             for table, table_rows in rows.items():
                 index.setdefault(table, []).extend(
-                    {"pk": got[0], "type": rtype, "org": org,
-                     **{k: self._sqlite_time(v) if isinstance(v, datetime) else v
-                        for k, v in r.items()}}
-                    for r in table_rows)
+                    _sqlite_index_params(table, got[0], rtype, org, table_rows))
         for table, table_rows in index.items():
             if table_rows:
                 self.conn.exec_driver_sql(_SQLITE_INDEX[table], table_rows)
@@ -477,23 +474,13 @@ class ResourceStore:
     # -- SQLite statements --------------------------------------------------------------------
     # Plain driver SQL: building Core statements per call costs more than SQLite's execution.
 
-    def _sqlite_time(self, t: datetime) -> str:
-        """The text SQLAlchemy's SQLite DateTime stores (so Core queries compare correctly).
-
-        Not strftime: glibc writes year 1 (the open start of a Period) as "1", not "0001",
-        which would sort after every real date.
-        """
-        u = t.astimezone(UTC)
-        return (f"{u.year:04d}-{u.month:02d}-{u.day:02d} {u.hour:02d}:{u.minute:02d}:"
-                f"{u.second:02d}.{u.microsecond:06d}")
-
     def _create_sqlite(
         self, rtype: str, rid: str, when: datetime, method: str, content: dict,
         rows: dict[str, list[dict]], org: str | None, validated: str | None,
     ) -> tuple[int | None, int]:
         # ON CONFLICT DO NOTHING rather than catching IntegrityError, so that a lost race
         # leaves the surrounding transaction (a transaction Bundle) usable.
-        ts = self._sqlite_time(when)
+        ts = sqlite_time(when)
         pk = self.conn.exec_driver_sql(_SQLITE_CREATE, {
             "type": rtype, "id": rid, "ts": ts, "org": org,
         }).scalar_one_or_none()
@@ -507,7 +494,7 @@ class ResourceStore:
         self, prev: Stored, version: int, when: datetime, method: str, content: dict | None,
         rows: dict[str, list[dict]], validated: str | None,
     ) -> int | None:
-        ts = self._sqlite_time(when)
+        ts = sqlite_time(when)
         result = self.conn.exec_driver_sql(_SQLITE_ADVANCE, {
             "version": version, "ts": ts, "deleted": content is None, "pk": prev.pk,
             "prev": prev.version,
@@ -538,12 +525,39 @@ class ResourceStore:
                              org: str | None) -> None:
         for table, table_rows in rows.items():
             if table_rows:
-                self.conn.exec_driver_sql(_SQLITE_INDEX[table], [
-                    {"pk": pk, "type": rtype, "org": org,
-                     **{k: self._sqlite_time(v) if isinstance(v, datetime) else v
-                        for k, v in r.items()}}
-                    for r in table_rows
-                ])
+                self.conn.exec_driver_sql(
+                    _SQLITE_INDEX[table], _sqlite_index_params(table, pk, rtype, org, table_rows))
+
+
+def sqlite_time(t: datetime) -> str:
+    """The text SQLAlchemy's SQLite DateTime stores (so Core queries compare correctly):
+    `YYYY-MM-DD HH:MM:SS.ffffff` in UTC. Not strftime: glibc writes year 1 (the open start of
+    a Period) as "1", not "0001", which would sort after every real date; isoformat pads."""
+    return t.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+#: Index columns SQLite gets as text (see `sqlite_time`), by index table.
+_SQLITE_TIME_COLUMNS = {
+    table: tuple(c.name for c in INDEX_TABLES[table].columns
+                 if str(c.type).startswith("DATETIME"))
+    for table in INDEX_TABLES
+}
+
+
+def _sqlite_index_params(table: str, pk: int, rtype: str, org: str | None,
+                         rows: list[dict]) -> list[dict]:
+    """Driver parameters of one resource's rows in one index table (~4,000 rows a dossier:
+    datetimes converted only in the columns that hold them)."""
+    times = _SQLITE_TIME_COLUMNS[table]
+    out = []
+    for row in rows:
+        params = {"pk": pk, "type": rtype, "org": org, **row}
+        for column in times:
+            value = params.get(column)
+            if isinstance(value, datetime):
+                params[column] = sqlite_time(value)
+        out.append(params)
+    return out
 
 
 def _json(value: object) -> str:
