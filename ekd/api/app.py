@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -176,6 +177,17 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     return app
 
 
+def settle_heap() -> None:
+    """For a long-running process, once start-up has built what lives as long as it does
+    (definitions, search parameters, models): keep those out of the garbage collector's scans
+    (`gc.freeze`) and collect the young generation less often. A dossier import allocates
+    about a million objects; with Python's defaults the collector took ~18 ms of each import's
+    ~240 ms, with these ~4 ms (tests/perf/bench_transfer.py, in-process, measured side by
+    side). Memory stays bounded: only the collection interval grows."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def app_from_env() -> FastAPI:
     """The app `ekd serve` runs (in each worker process): configured from `EKD_*` variables."""
     from ekd.fhir.resource_types import model_resource_types
@@ -187,4 +199,6 @@ def app_from_env() -> FastAPI:
     if int(os.environ.get("EKD_WORKERS", "1")) > 1:
         # Another worker may store a profile: pick it up from the database.
         start_polling(services.db, services.definitions)
-    return create_app(services=services)
+    app = create_app(services=services)
+    settle_heap()
+    return app

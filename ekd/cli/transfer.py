@@ -527,6 +527,9 @@ def work(
     if once:
         out.print(f"{worker.run_until_idle(services, exchange)} item(s) handled")
         return
+    from ekd.api.app import settle_heap
+
+    settle_heap()
     runner = worker.Worker(services, exchange)
     runner.start()
     console.print(f"Transfer worker running for organisation {exchange.ura}; Ctrl-C stops.")
