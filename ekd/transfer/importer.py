@@ -34,6 +34,7 @@ from ekd.fhir.jsonfmt import check_depth
 from ekd.interaction import conditional
 from ekd.interaction.base import Services
 from ekd.interaction.write import validation_issues
+from ekd.search.execute import plan_generically
 from ekd.store.resources import ResourceStore, instant, now
 from ekd.store.schema import transfer_inbox, transfer_origin, transfer_outbox
 from ekd.transfer import claims, consent, failpoints, package, seal
@@ -289,7 +290,8 @@ def _import(services: Services, exchange: Exchange, conn: Connection, row: dict,
     provenance = _receiver_provenance(exchange, opened, imported, patient_id)
     new.append(("Provenance", provenance["id"], provenance))
     # One batch for everything new (a first transfer: the whole dossier): a handful of
-    # statements instead of one round trip per resource.
+    # statements instead of one round trip per resource, planned like any other time.
+    plan_generically(conn)
     store.create_many(new, method="PUT")
     _save_origins(conn, origins)
     _finish(services, exchange, conn, row, "imported", opened.warnings, patient_id, opened.bsn)
