@@ -181,9 +181,9 @@ def settle_heap() -> None:
     """For a long-running process, once start-up has built what lives as long as it does
     (definitions, search parameters, models): keep those out of the garbage collector's scans
     (`gc.freeze`) and collect the young generation less often. A dossier import allocates
-    about a million objects; with Python's defaults the collector took ~18 ms of each import's
-    ~240 ms, with these ~4 ms (tests/perf/bench_transfer.py, in-process, measured side by
-    side). Memory stays bounded: only the collection interval grows."""
+    about a million objects; with Python's defaults the collector took ~18 ms of each in-process
+    transfer's ~200 ms, with these ~4 ms (one process, consecutive runs of 10 dossiers, timed
+    with `gc.callbacks`). Memory stays bounded: only the collection interval grows."""
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
 
