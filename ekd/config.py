@@ -114,6 +114,9 @@ class Settings:
     exchange_directory: str = ""
     #: Run the transfer worker (outbox, inbox, bulk runs) inside `ekd serve`.
     exchange_worker: bool = True
+    #: Threads of that worker in each process: while one waits on the database or the relay,
+    #: another works (the claims keep them off each other's items).
+    exchange_threads: int = 2
     #: Seconds between the worker's polls when there is nothing to do.
     exchange_poll: float = 0.5
     #: Outbox retries: first delay and cap (seconds), and attempts before dead-letter.
@@ -167,6 +170,7 @@ class Settings:
             exchange_directory=os.environ.get("EKD_EXCHANGE_DIRECTORY", ""),
             exchange_worker=os.environ.get("EKD_EXCHANGE_WORKER", "true").lower()
             not in ("0", "false", "no", "off"),
+            exchange_threads=_env_int("EKD_EXCHANGE_THREADS", 2),
             exchange_poll=_env_float("EKD_EXCHANGE_POLL", 0.5),
             exchange_retry_base=_env_float("EKD_EXCHANGE_RETRY_BASE", 2.0),
             exchange_retry_cap=_env_float("EKD_EXCHANGE_RETRY_CAP", 300.0),

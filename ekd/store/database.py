@@ -8,7 +8,7 @@ running alongside a writer. On PostgreSQL, READ COMMITTED plus compare-and-set u
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,15 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+_AFTER_COMMIT = "ekd.after_commit"
+
+
+def after_commit(conn: Connection, hook: Callable[[], None]) -> None:
+    """Run `hook` after the `Database.write` transaction of `conn` commits (never when it rolls
+    back): for telling another thread about rows it can only see once they are committed."""
+    conn.info.setdefault(_AFTER_COMMIT, []).append(hook)
 
 
 def _json_dumps(value: Any) -> str:
@@ -61,11 +70,21 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
+        """A write transaction; what `after_commit` registered on it runs once it committed."""
         with self.engine.connect() as conn:
             if self.dialect == "sqlite":
                 conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                yield conn
+            committed = False
+            try:
+                with conn.begin():
+                    yield conn
+                committed = True
+            finally:
+                # `info` belongs to the pooled DBAPI connection: never leave hooks behind.
+                hooks = conn.info.pop(_AFTER_COMMIT, [])
+            if committed:
+                for hook in hooks:
+                    hook()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -140,6 +140,7 @@ def create_job(services: Services, exchange: Exchange, *, principal: Principal, 
         conn.execute(insert(transfer_job).values(
             id=job_id, org=exchange.ura, criteria=criteria, created=now(),
             requested_by=requested_by))
+        exchange.work_queued(conn)
         log.append(conn, [AuditRecord(
             interaction="transfer", action="E", status=202, principal=principal,
             recorded=now(), resource_type="Patient", operation="transfer-bulk",

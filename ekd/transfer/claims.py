@@ -26,6 +26,11 @@ def claim(db: Database, table: Table, key: str, where: list[ColumnElement[bool]]
     moment = now()
     free = or_(table.c.claimed_until.is_(None), table.c.claimed_until < moment)
     query = select(table.c[key]).where(*where, free).order_by(table.c[order_by]).limit(limit)
+    # Most polls find nothing: look first without the write lock (SQLite's is database-wide,
+    # and every worker thread of every process polls several tables).
+    with db.autocommit() as conn:
+        if conn.execute(select(table.c[key]).where(*where, free).limit(1)).first() is None:
+            return []
     with db.write() as conn:
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)

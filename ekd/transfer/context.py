@@ -15,12 +15,14 @@ from pathlib import Path
 
 import httpx
 from cryptography import x509
+from sqlalchemy import Connection
 
 from ekd.config import Settings
 from ekd.errors import Forbidden, NotSupported
 from ekd.exchange.channels import PeerMismatch, client_context, pin_peer
 from ekd.exchange.directory import DirectoryEntry, DirectoryError, DirectoryView, fetch_directory
 from ekd.exchange.trust import Credentials, Trust
+from ekd.store.database import after_commit
 
 #: How long fetched directory entries are used before they are fetched again (seconds).
 DIRECTORY_TTL = 60.0
@@ -44,10 +46,18 @@ class Exchange:
     _fetched: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _client: httpx.Client | None = None
+    #: Set when this process queued work for the transfer worker (a package to send, a
+    #: package received), so the worker starts on it now instead of at its next poll.
+    work: threading.Event = field(default_factory=threading.Event)
 
     @property
     def ura(self) -> str:
         return self.creds.ura
+
+    def work_queued(self, conn: Connection) -> None:
+        """Wake the worker once `conn`'s transaction has committed: before that, another
+        connection could not see the new rows yet (PostgreSQL) and the wake-up would be lost."""
+        after_commit(conn, self.work.set)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Exchange | None:
@@ -90,12 +100,13 @@ class Exchange:
     # -- relay ------------------------------------------------------------------------------
 
     def client(self) -> httpx.Client:
-        if self._client is None:
-            # One client (connection pool) for the relay only: the pin below is checked when
-            # a connection opens.
-            self._client = httpx.Client(verify=self._context(),
-                                        timeout=httpx.Timeout(30.0, connect=5.0))
-        return self._client
+        with self._lock:  # the worker's threads share one client
+            if self._client is None:
+                # One client (connection pool) for the relay only: the pin below is checked
+                # when a connection opens.
+                self._client = httpx.Client(verify=self._context(),
+                                            timeout=httpx.Timeout(30.0, connect=5.0))
+            return self._client
 
     def post_message(self, message: dict) -> dict:
         """Hand one message to the relay; its answer once it has stored the message."""

@@ -69,7 +69,9 @@ class Opened:
     warnings: list[dict]
 
 
-def process_due(services: Services, exchange: Exchange, *, limit: int = 5) -> int:
+def process_due(services: Services, exchange: Exchange, *, limit: int = 1) -> int:
+    """One package at a time by default: an import takes long enough that the worker's other
+    threads should get the next one, and its receipt goes out before the next import."""
     rows = claims.claim(services.db, transfer_inbox, "pk", [
         transfer_inbox.c.org == exchange.ura, transfer_inbox.c.state == "received"],
         limit=limit, order_by="pk", lease=claims.lease_of(services.settings))

@@ -75,6 +75,7 @@ def accept_package(services: Services, exchange: Exchange, delivery: Delivery) -
                     payload_hash=digest, body=delivery.body.decode("ascii"), state="received",
                     received=now(), technical_receipt=technical))
             failpoints.hit("receiver-before-stored")
+            exchange.work_queued(conn)
         except IntegrityError:
             # A concurrent delivery of the same transfer got in first (PostgreSQL waited for
             # its commit): that one is being processed.

@@ -193,8 +193,9 @@ def make_package(services: Services, exchange: Exchange, conn: Connection, row: 
                 resources=len(resources))
 
 
-def queue(conn: Connection, row: dict) -> dict:
+def queue(exchange: Exchange, conn: Connection, row: dict) -> dict:
     """packaged → queued, with the outbox row in the same transaction."""
+    exchange.work_queued(conn)
     moment = now()
     conn.execute(insert(transfer_outbox).values(
         org=row["org"], message_id=str(uuid.uuid5(uuid.UUID(row["id"]), "package")),
@@ -215,7 +216,7 @@ def step(services: Services, exchange: Exchange, conn: Connection, row: dict,
     if current is State.CONSENT_CHECKED:
         return make_package(services, exchange, conn, row, principal)
     if current is State.PACKAGED:
-        return queue(conn, row)
+        return queue(exchange, conn, row)
     return row
 
 

@@ -36,26 +36,40 @@ def run_until_idle(services: Services, exchange: Exchange, *, rounds: int = 1000
 
 
 class Worker:
-    def __init__(self, services: Services, exchange: Exchange) -> None:
+    """`threads` loops over the same work. Work items are claimed one lease at a time, so the
+    threads never share one; what they gain is overlap: while one waits on the database (a
+    commit, a PostgreSQL round trip) or the relay, another validates the next package."""
+
+    def __init__(self, services: Services, exchange: Exchange, *, threads: int | None = None
+                 ) -> None:
         self.services = services
         self.exchange = exchange
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="ekd-transfer", daemon=True)
+        count = max(1, threads if threads is not None else services.settings.exchange_threads)
+        self._threads = [threading.Thread(target=self._loop, name=f"ekd-transfer-{n}",
+                                          daemon=True) for n in range(count)]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self._thread.join(timeout)
+        self.exchange.work.set()
+        for thread in self._threads:
+            thread.join(timeout)
 
     def _loop(self) -> None:
         poll = self.services.settings.exchange_poll
+        work = self.exchange.work
         while not self._stop.is_set():
+            # Cleared before the round: a wake-up during it makes the wait below return at
+            # once, so no queued item waits for the poll.
+            work.clear()
             try:
                 done = run_once(self.services, self.exchange)
             except Exception as exc:  # keep the loop alive; the type only (no data in logs)
                 log.error("transfer worker round failed: %s", type(exc).__name__)
                 done = 0
             if not done:
-                self._stop.wait(poll)
+                work.wait(poll)
