@@ -165,6 +165,30 @@ def test_a_second_transfer_of_the_same_child_merges_without_duplicates(world: Wo
         rows = conn.execute(select(transfer_inbox.c.state, transfer_inbox.c.patient_id)).all()
     assert [r.state for r in rows] == ["imported", "imported"]
     assert rows[0].patient_id == rows[1].patient_id
+    # what the sender sent unchanged got no new version; a changed resource did
+    assert set(ggd_versions(world).values()) == {1}
+    observation = next(r for r in dossier(world, THUISZORG, child)
+                       if r["resourceType"] == "Observation")
+    observation["note"] = [{"text": "gecorrigeerd"}]
+    changed = handle(world.orgs[THUISZORG], FhirRequest(
+        method="PUT", base=BASE, type="Observation", id=observation["id"], body=observation,
+        principal=principal(THUISZORG)))
+    assert changed.status == 200, changed.body
+    third = send(world, child, reason="move")
+    world.pump()
+    assert transfer_state(world, third["id"]) == "imported"
+    versions = ggd_versions(world)
+    assert versions.pop("Observation") == 2
+    assert set(versions.values()) == {1}
+
+
+def ggd_versions(world: World) -> dict[str, int]:
+    """Highest version per resource type at the GGD."""
+    services = world.orgs[GGD]
+    with services.db.read() as conn:
+        rows = conn.execute(select(resource.c.type, func.max(resource.c.version)).where(
+            resource.c.org == GGD).group_by(resource.c.type)).all()
+    return {t: int(n) for t, n in rows}
 
 
 def test_a_known_bsn_with_another_name_goes_to_review(world: World) -> None:

@@ -284,7 +284,7 @@ def _import(services: Services, exchange: Exchange, conn: Connection, row: dict,
         prev = store.current(rtype, rid, lock=True) if key in known else None
         if prev is None:
             new.append((rtype, rid, content))
-        else:
+        elif not _unchanged(prev.content, content):
             store.update(prev, content)
         imported.append(target)
         origins.append({"org": exchange.ura, "sender": sender_ura, "source": key,
@@ -299,6 +299,18 @@ def _import(services: Services, exchange: Exchange, conn: Connection, row: dict,
     _save_origins(conn, origins)
     _finish(services, exchange, conn, row, "imported", opened.warnings, patient_id, opened.bsn)
     return "imported"
+
+
+def _unchanged(stored: dict | None, content: dict) -> bool:
+    """The current version says what the sender sent again (the practitioners every dossier
+    of a sender shares, a child transferred twice): no new version, no reindexing."""
+    return stored is not None and _without_version(stored) == _without_version(content)
+
+
+def _without_version(resource: dict) -> dict:
+    meta = {k: v for k, v in (resource.get("meta") or {}).items()
+            if k not in ("versionId", "lastUpdated")}
+    return {**resource, "meta": meta}
 
 
 def _map_ids(services: Services, store: ResourceStore, conn: Connection, sender_ura: str,
