@@ -171,3 +171,28 @@ def test_summary_applies_inside_backbone_elements(client: TestClient) -> None:
     oid = id_from_location(r.headers["location"])
     s = client.get(f"/fhir/Observation/{oid}?_summary=true").json()
     assert s["component"] == [{"code": {"text": "systolisch"}, "valueQuantity": {"value": 110}}]
+
+
+def _nesting(value: object) -> int:
+    """Containers on the deepest path (0 for a scalar): the oracle for `check_depth`."""
+    if isinstance(value, dict):
+        return 1 + max((_nesting(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_nesting(v) for v in value), default=0)
+    return 0
+
+
+@pytest.mark.parametrize("document", [
+    5, "x", None, {}, [], {"a": 1}, [[[]]], {"a": [{"b": [1, {"c": {}}]}], "d": 2},
+    [1, [2, [3, [4]]], {"x": {"y": {"z": []}}}],
+    {"resourceType": "Bundle", "entry": [{"resource": {"meta": {"tag": [{"code": "a"}]}}}] * 3},
+])
+def test_check_depth_accepts_exactly_its_limit(document: object) -> None:
+    from ekd.errors import FhirError
+    from ekd.fhir.jsonfmt import check_depth
+
+    depth = max(_nesting(document), 1)
+    check_depth(document, depth)
+    if _nesting(document) >= 1:
+        with pytest.raises(FhirError, match="maximum depth"):
+            check_depth(document, depth - 1)

@@ -25,16 +25,21 @@ def loads(data: bytes | str, *, max_depth: int = 64) -> Any:
 
 
 def check_depth(value: Any, max_depth: int) -> None:
-    """Reject documents nested deeper than `max_depth` (iterative: no recursion limit to hit)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
+    """Reject documents nested deeper than `max_depth`. For parsed JSON (exact dicts and
+    lists): one level at a time, without recursion to hit a limit, and without a tuple per
+    node, which made this cost twice as much as parsing a 200-resource dossier."""
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 1
+    while level:
         if depth > max_depth:
             raise ParseError(f"JSON nesting exceeds the maximum depth of {max_depth}")
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+        deeper = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                if type(child) is dict or type(child) is list:
+                    deeper.append(child)
+        level = deeper
+        depth += 1
 
 
 def dumps(value: Any, *, pretty: bool = False) -> bytes:
