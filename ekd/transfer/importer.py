@@ -367,7 +367,7 @@ def _reference_map(bundle: dict, mapping: dict[str, tuple[str, bool]]) -> dict[s
 
 #: A `reference` key with a string value, in orjson's compact output. It cannot match inside a
 #: string: there every `"` is escaped, and an escaped quote cannot end `reference`.
-_REFERENCE = re.compile(rb'"reference":"((?:[^"\\]|\\.)*)"')
+_REFERENCE = re.compile(rb'"reference":"([^"\\]*(?:\\.[^"\\]*)*)"')
 
 
 def _rewrite(resource: dict, refs: dict[str, str]) -> dict:
