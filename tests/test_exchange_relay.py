@@ -74,7 +74,8 @@ class FakeInbox:
         tls = request.scope["extensions"]["tls"]
         self.requests.append({
             "headers": dict(request.headers), "body": (await request.body()).decode(),
-            "peer": ura_from_pem(tls["client_cert_chain"][0])})
+            "peer": ura_from_pem(tls["client_cert_chain"][0]),
+            "connection": request.client.port if request.client else None})
         message_id = request.headers.get("ekd-message-id", "")
         steps = self.script.get(message_id)
         status, answer = steps.pop(0) if steps else (202, {"status": "stored"})
@@ -462,6 +463,20 @@ def test_nothing_is_sent_to_a_server_that_is_not_the_recipient(relay: RunningRel
     status = relay.wait_status(A, sent["id"], "failed")
     assert status["last_error"].startswith(f"recipient not verified: The server (URA {B})")
     assert relay.world.inboxes[B].received(sent["id"]) == []
+
+
+def test_deliveries_to_one_recipient_reuse_the_verified_connection(relay: RunningRelay
+                                                                    ) -> None:
+    """One TLS handshake and peer check for a stream of deliveries, not one each; the test
+    above shows a pool is never shared with another recipient (G's messages go nowhere)."""
+    connections = set()
+    for _ in range(3):
+        sent = message()
+        assert relay.send(A, sent).status_code == 202
+        relay.wait_status(A, sent["id"], "delivered")
+        [delivery] = relay.world.inboxes[B].received(sent["id"])
+        connections.add(delivery["connection"])
+    assert len(connections) == 1, connections
 
 
 def test_receipt_is_forwarded_to_the_sender(relay: RunningRelay) -> None:

@@ -31,13 +31,17 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives import hashes
 
 from ekd.exchange.channels import PeerMismatch, pin_peer
-from ekd.exchange.directory import DirectoryError, DirectoryView
+from ekd.exchange.directory import DirectoryEntry, DirectoryError, DirectoryView
 from ekd.exchange.relay_store import Message, NewMessage, RelayStore, receipt_id
 from ekd.exchange.trust import Trust
 
 log = logging.getLogger("ekd.exchange.relay")
+
+#: Seconds a delivery connection pool is used before a fresh one (with fresh peer checks).
+CLIENT_MAX_AGE = 60.0
 
 #: Largest answer read from a recipient (an acknowledgement with a signed receipt: a few kB).
 MAX_ANSWER = 1024 * 1024
@@ -65,6 +69,10 @@ class RetryPolicy:
         if retry_after is not None:
             wait = min(self.cap, max(wait, retry_after))
         return wait
+
+
+def _epoch() -> int:
+    return int(time.monotonic() // CLIENT_MAX_AGE)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -112,15 +120,44 @@ class Deliverer:
         self.concurrency = max(1, concurrency)
         self.worker = uuid.uuid4().hex
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="relay-delivery")
+        self._clients: dict[tuple[str, str, bytes, int], httpx.Client] = {}
+        self._clients_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._drop_clients(keep=None)
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _client(self, recipient: DirectoryEntry) -> httpx.Client:
+        """A connection pool per (recipient, inbox, certificate), so that deliveries reuse TLS
+        connections: the peer check (`pin_peer`) runs when a connection opens, so a pool never
+        serves another peer. Pools are renewed every `CLIENT_MAX_AGE` seconds, so a revoked
+        certificate is refused within that time even on a busy connection."""
+        key = (recipient.ura, recipient.inbox,
+               recipient.certificate.fingerprint(hashes.SHA256()), _epoch())
+        with self._clients_lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = httpx.Client(
+                    verify=self.context, timeout=self.timeout, trust_env=False)
+            return client
+
+    def _drop_clients(self, keep: int | None) -> None:
+        """Close the pools of earlier epochs (all with `keep=None`). Called between rounds,
+        when no delivery is using them."""
+        with self._clients_lock:
+            old = [k for k in self._clients if k[3] != keep]
+            clients = [self._clients.pop(k) for k in old]
+        for client in clients:
+            client.close()
 
     # --- loop -------------------------------------------------------------------------------
 
     def deliver_once(self) -> int:
         """One round: claim what is due (up to `concurrency` messages), deliver them in
         parallel, return how many were attempted."""
+        self._drop_clients(keep=_epoch())
         claimed = self.store.claim_due(self.worker, lease=self.lease, limit=self.concurrency)
         list(self._pool.map(self._attempt, claimed))
         return len(claimed)
@@ -163,9 +200,7 @@ class Deliverer:
         }
         assert message.body is not None
         try:
-            # one client (connection pool) per delivery: the peer check runs per connection
-            with httpx.Client(verify=self.context, timeout=self.timeout,
-                              trust_env=False) as client, client.stream(
+            with self._client(recipient).stream(
                     "POST", recipient.inbox, content=message.body.encode("utf-8"),
                     headers=headers,
                     extensions=pin_peer(self.trust, recipient.certificate)) as response:
