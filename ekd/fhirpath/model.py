@@ -364,11 +364,37 @@ def member_plan(path: str, name: str) -> Plan | None:
                  for key, type_name, child in el.keys)
 
 
+#: A plan with more entries than this is a choice worth indexing (see `_Choice`).
+_FEW = 2
+
+
+class _Choice:
+    """A choice element's plan (`value[x]`: a dozen types, so two dozen keys) indexed by JSON
+    key, so `member` finds the one present without trying every type's key in turn."""
+
+    __slots__ = ("by_key", "keys", "plan")
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.keys = frozenset(k for entry in plan for k in entry[:2])
+        self.by_key = {k: entry for entry in plan for k in entry[:2]}
+
+
+@cache
+def _member_plan(path: str, name: str) -> Plan | _Choice | None:
+    plan = member_plan(path, name)
+    if plan is None or len(plan) <= _FEW:
+        return plan
+    choice = _Choice(plan)
+    # Each key must lead to one entry only, or a lone present key could stand for several.
+    return choice if len(choice.by_key) == 2 * len(plan) else plan
+
+
 def member(node: Node, name: str, out: list[Node], plans: dict | None = None) -> bool:
     """Append the children called `name` to `out`; False when the model has no such element.
 
-    `plans`, if given, is the caller's cache of `member_plan(path, name)` by path for this
-    `name` (a plain dictionary hit instead of a cached call with a tuple key)."""
+    `plans`, if given, is the caller's cache of the plan by path for this `name` (a plain
+    dictionary hit instead of a cached call with a tuple key)."""
     data = node.data
     if not isinstance(data, dict):
         ext = node.ext
@@ -379,14 +405,15 @@ def member(node: Node, name: str, out: list[Node], plans: dict | None = None) ->
             return True
         return node.path is None or node.type not in PRIMITIVES
     path = node.path
+    plan: Any
     if path is None:
         plan = None
     elif plans is None:
-        plan = member_plan(path, name)
+        plan = _member_plan(path, name)
     else:
         plan = plans.get(path, _UNSET)
         if plan is _UNSET:
-            plan = plans[path] = member_plan(path, name)
+            plan = plans[path] = _member_plan(path, name)
     if plan is None:
         v = data.get(name)
         e = data.get("_" + name)
@@ -397,6 +424,13 @@ def member(node: Node, name: str, out: list[Node], plans: dict | None = None) ->
             elif v is not None or e is not None:
                 out.append(make_node(v, e, _json_type(v), None))
         return path is None
+    if type(plan) is _Choice:
+        present = plan.keys.intersection(data)
+        if not present:
+            return True
+        # One key present: only its type's entry can yield anything (every other entry
+        # would read None twice); with more, every entry in definition order, as usual.
+        plan = (plan.by_key[next(iter(present))],) if len(present) == 1 else plan.plan
     for key, ukey, type_name, child, plain in plan:
         v = data.get(key)
         e = data.get(ukey)

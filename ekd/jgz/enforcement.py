@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from ekd.definitions.registry import Registry
 from ekd.errors import Issue, ResourceInvalid
@@ -48,12 +49,23 @@ class JgzProfiles:
         self.terminology = terminology
         self._lock = threading.Lock()
         self._rules: dict[str, list[CodeRule]] | None = None
+        #: Observation profiles chosen before, by the (system, code) pairs of the codings: a
+        #: dossier holds many observations with the same code, and choosing asks the
+        #: terminology service about every rule with a value set. Dropped, like the rules,
+        #: whenever a definition the choice reads changes (`_generation` keeps a choice made
+        #: during a change out of the cache).
+        self._chosen: dict[tuple, tuple[str, ...]] = {}
+        self._generation = 0
         registry.subscribe(self._changed)
 
     def _changed(self, resource: dict) -> None:
-        if resource.get("resourceType") == "StructureDefinition":
+        rtype = resource.get("resourceType")
+        if rtype in ("StructureDefinition", "ValueSet", "CodeSystem"):
             with self._lock:
-                self._rules = None
+                self._generation += 1
+                self._chosen = {}
+                if rtype == "StructureDefinition":
+                    self._rules = None
 
     def select(self, resource: dict) -> list[str]:
         rtype = resource.get("resourceType")
@@ -63,6 +75,27 @@ class JgzProfiles:
             return []
         codings = [c for c in (resource.get("code") or {}).get("coding") or []
                    if isinstance(c, dict)]
+        key = _codings_key(codings)
+        cache = self._chosen
+        chosen = cache.get(key) if key is not None else None
+        if chosen is None:
+            generation = self._generation
+            chosen = self._choose(codings)
+            if key is not None:
+                with self._lock:
+                    if generation == self._generation:
+                        if len(self._chosen) > 10_000:
+                            self._chosen = {}
+                        self._chosen[key] = chosen
+        if not chosen:
+            message = ("Observation.code: the observation fits none of the JGZ observation "
+                       "profiles (" + ", ".join(OBSERVATION_PROFILES) + ")")
+            raise ResourceInvalid(message, issues=[
+                Issue("error", "business-rule", message, ("Observation.code",))])
+        return list(chosen)
+
+    def _choose(self, codings: list[dict]) -> tuple[str, ...]:
+        """The profiles the codings fit, exact code matches before value set ones."""
         exact, broad = [], []
         for profile_id, rules in self._observation_rules().items():
             for rule in rules:
@@ -73,13 +106,7 @@ class JgzProfiles:
                         exact.append(profile_url(profile_id))
                     elif rule.code is None and self._in_valueset(rule, coding):
                         broad.append(profile_url(profile_id))
-        chosen = list(dict.fromkeys(exact or broad))
-        if not chosen:
-            message = ("Observation.code: the observation fits none of the JGZ observation "
-                       "profiles (" + ", ".join(OBSERVATION_PROFILES) + ")")
-            raise ResourceInvalid(message, issues=[
-                Issue("error", "business-rule", message, ("Observation.code",))])
-        return chosen
+        return tuple(dict.fromkeys(exact or broad))
 
     def _in_valueset(self, rule: CodeRule, coding: dict) -> bool:
         if rule.valueset is None:
@@ -96,6 +123,26 @@ class JgzProfiles:
                 self._rules = {pid: _code_rules(self.registry.get(profile_url(pid)))
                                for pid in OBSERVATION_PROFILES}
             return self._rules
+
+
+def _codings_key(codings: list[dict]) -> tuple | None:
+    """What `_choose` reads of the codings, as a cache key; None when it cannot be one.
+
+    Only string systems and codes can match a rule, so any other value stands as `_OTHER`
+    (numbers and booleans would otherwise collide with each other: `1 == True`)."""
+    key: list[tuple[Any, Any]] = []
+    for c in codings:
+        system, code = c.get("system"), c.get("code")
+        key.append((system if isinstance(system, str) else _OTHER,
+                    code if isinstance(code, str) else _OTHER))
+    return tuple(key)
+
+
+class _Other:
+    """A system or code that is not a string: matches no rule."""
+
+
+_OTHER = _Other()
 
 
 def _code_rules(profile: dict | None) -> list[CodeRule]:

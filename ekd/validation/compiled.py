@@ -117,6 +117,9 @@ class Element:
     _typed: dict[str, Structure] | None = field(default=None, repr=False)
     #: Lazily computed slice matchers (see walker).
     matcher: Any = field(default=None, repr=False)
+    #: What the walker does with a complex value of each type, worked out on first use
+    #: (`ekd.validation.walker.ValuePlan`), by TypeRef.
+    plans: dict[TypeRef, Any] | None = field(default=None, repr=False)
 
     @property
     def fhirpath_base(self) -> str | None:

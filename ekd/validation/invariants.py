@@ -10,17 +10,26 @@ so a profile that redefines `dom-3` differently gets its own expression evaluate
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ekd.fhirpath import Expression, FhirPathError, to_python
 from ekd.fhirpath import compile as compile_fhirpath
 from ekd.fhirpath import variables as fhirpath_variables
+from ekd.fhirpath.deps import focus_members
 from ekd.fhirpath.model import Node
 
 UCUM = "http://unitsofmeasure.org"
+
+#: Let invariants that read only some members of their focus remember outcomes (see
+#: `_remembering`). A switch only so benchmarks and tests can compare; read when an invariant
+#: is compiled.
+REMEMBER_OUTCOMES = True
 
 
 @dataclass(slots=True)
@@ -77,6 +86,14 @@ def compile_invariant(constraint: dict, source: str, choices: tuple[str, ...] = 
         return Invariant(key, severity, human, expression, source, _skip, choices,
                          failure=str(exc))
     evaluate = _engine(fn, choices)
+    if REMEMBER_OUTCOMES and isinstance(fn, Expression):
+        members = focus_members(expression)
+        if members is not None:
+            evaluate = _remembering(evaluate, members, False)
+        else:
+            members = focus_members(expression, resource_is_focus=True)
+            if members is not None:
+                evaluate = _remembering(evaluate, members, True)
     if expression in _ONLY_WITH_CONTAINED:
         evaluate = _when_contained(evaluate)
     return Invariant(key, severity, human, expression, source, evaluate, choices)
@@ -114,6 +131,74 @@ def _engine(fn: Callable[..., list], choices: tuple[str, ...]) -> Evaluator:
             return None
         return _truth(result)
     return run
+
+
+#: Outcomes an invariant remembers (then it starts afresh), and the largest part of a focus it
+#: remembers one by (serialised): enough for a dossier's codes and values, bounded memory.
+_REMEMBER_COUNT = 512
+_REMEMBER_BYTES = 1024
+#: After this many lookups, an invariant whose foci rarely repeat (one in four) stops
+#: remembering: building the key would only add to the evaluation.
+_REMEMBER_TRIAL = 256
+_UNKNOWN = object()
+
+
+def _remembering(evaluate: Evaluator, members: tuple[str, ...], resource_is_focus: bool
+                 ) -> Evaluator:
+    """`evaluate`, answering again from what it found for an equal focus before.
+
+    The invariants of a JGZ dossier run on a hundred observations that differ in ids, dates
+    and subjects but share a few codes: an invariant that reads only `code` and `value`
+    (`ekd.fhirpath.deps.focus_members` proves which members it reads) has the same outcome
+    for every focus with equal `code` and `value`. The key is those members' JSON, with the
+    focus's type; a focus that cannot be serialised exactly is simply evaluated.
+    `resource_is_focus`: the members were found on the understanding that `%resource` is the
+    focus (obs-7 reads `%resource.code`), so only such evaluations are remembered."""
+    outcomes: dict[tuple[str | None, bytes], bool | None] = {}
+    counts = [0, 0]  # lookups, hits
+
+    def run(focus: Any, scope: Scope, base: str | None = None) -> bool | None:
+        if type(focus) is not dict or (resource_is_focus and scope.resource is not focus) or (
+                counts[0] >= _REMEMBER_TRIAL and counts[1] * 4 < counts[0]):
+            return evaluate(focus, scope, base)
+        blob = focus_key(focus, members)
+        if blob is None:
+            return evaluate(focus, scope, base)
+        # A digest, not the JSON itself: no fragment of a patient's data stays in memory.
+        key = (base, hashlib.blake2b(blob, digest_size=16).digest())
+        counts[0] += 1
+        outcome = outcomes.get(key, _UNKNOWN)
+        if outcome is not _UNKNOWN:
+            counts[1] += 1
+            return outcome  # type: ignore[return-value]
+        outcome = evaluate(focus, scope, base)
+        if len(outcomes) >= _REMEMBER_COUNT:
+            outcomes.clear()
+        outcomes[key] = outcome
+        return outcome
+
+    return run
+
+
+def focus_key(focus: dict, members: tuple[str, ...]) -> bytes | None:
+    """The JSON of the focus's `resourceType` and of every property an expression reading
+    `members` may see (`value` covers `valueQuantity` and `_valueString`), in the focus's
+    order; None when that is not exact (JSON null also stands for NaN and infinities, and
+    subclasses of JSON types may compare differently) or too large to remember."""
+    selected: list[Any] = []
+    for k, v in focus.items():
+        if type(k) is not str:
+            return None
+        if k == "resourceType" or k.lstrip("_").startswith(members):
+            selected.append(k)
+            selected.append(v)
+    try:
+        blob = orjson.dumps(selected, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+    except TypeError:  # orjson.JSONEncodeError: other types, integers beyond 64 bits
+        return None
+    if len(blob) > _REMEMBER_BYTES or b"null" in blob:
+        return None
+    return blob
 
 
 def _item_truth(items: list) -> bool | None:

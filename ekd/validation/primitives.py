@@ -77,6 +77,20 @@ MAX_STRING = 1024 * 1024
 _UUID = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _OID = re.compile(r"urn:oid:[0-2](\.(0|[1-9][0-9]*))+")
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+#: R4's regex for string and markdown. Under `re.ASCII`, `\\S` is every character but the six
+#: ASCII whitespace ones, so the class admits everything except form feed and vertical tab:
+#: a non-empty value matches exactly when it holds neither (tests/test_validation_speed_*
+#: checks this against the regex for every code point).
+STRING_REGEX = r"[ \r\n\t\S]+"
+
+#: Types whose values recur across a dossier (codes, systems, canonicals, ids) and tell nothing
+#: about a person: their check outcomes are remembered by value. Free text, dates and numbers
+#: are checked every time (nothing personal is kept in memory beyond the request).
+_REMEMBERED = frozenset({"code", "uri", "url", "canonical", "oid", "uuid", "id"})
+#: Longer values are rare for these types and not worth keeping.
+_REMEMBER_LENGTH = 256
+_REMEMBER_COUNT = 4096
 _DATE_PART = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 
 
@@ -108,7 +122,10 @@ def make_check(type_code: str, regex: str | None) -> PrimitiveCheck:
     `re.ASCII` because FHIR's regexes are XML Schema regexes, where `\\s` and `\\S` mean the
     four XML whitespace characters, not every Unicode space.
     """
-    pattern = re.compile(regex, re.ASCII).fullmatch if regex else None
+    pattern: Callable[[str], object] | None = \
+        re.compile(regex, re.ASCII).fullmatch if regex else None
+    if regex == STRING_REGEX:
+        pattern = _no_ff_or_vt
     label = type_code
 
     if type_code == "boolean":
@@ -157,7 +174,7 @@ def make_check(type_code: str, regex: str | None) -> PrimitiveCheck:
             return "@value cannot be empty"
         if len(value) > MAX_STRING:
             return "value is longer than permitted maximum length of 1 MB (1048576 bytes)"
-        if pattern is not None and pattern(value) is None:
+        if pattern is not None and not pattern(value):
             return f"Not a valid {label} format"
         if calendar_rule and not _calendar_ok(value):
             return f"Not a valid {label} (no such day)"
@@ -173,7 +190,33 @@ def make_check(type_code: str, regex: str | None) -> PrimitiveCheck:
             if value.startswith("urn:oid:") and not _OID.fullmatch(value):
                 return "OIDs must be valid"
         return None
-    return check_string
+
+    if type_code not in _REMEMBERED:
+        return check_string
+    known: dict[str, str | None] = {}
+
+    def check_remembered(value: object) -> str | None:
+        if type(value) is not str:
+            return check_string(value)
+        hit = known.get(value, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
+        problem = check_string(value)
+        if len(value) <= _REMEMBER_LENGTH:
+            if len(known) >= _REMEMBER_COUNT:
+                known.clear()
+            known[value] = problem
+        return problem
+    return check_remembered
+
+
+_MISS = object()
+
+
+def _no_ff_or_vt(value: str) -> bool:
+    """`STRING_REGEX`'s fullmatch for a non-empty value, without the regex engine (a truth
+    value where the regex gives a match or None)."""
+    return "\x0b" not in value and "\x0c" not in value
 
 
 def _has_timezone(value: str) -> bool:

@@ -47,6 +47,14 @@ _RELATIVE_REF = re.compile(
     r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
 _ABSOLUTE_REF = re.compile(
     r"^(.*/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
+#: `ValuePlan.tail`: the type-specific rule a complex value gets last.
+_REFERENCE, _NARRATIVE, _QUANTITY_RANGE = 1, 2, 3
+#: Plans kept per element (an element has a handful of types).
+_MAX_PLANS = 32
+#: (any resource type, a resource type, structure, data type root with invariants, own
+#: invariants, type profiles to check, binding, codings, tail): see `Walk._plan`.
+ValuePlan = tuple[bool, bool, "Structure | None", "Element | None", bool, tuple[str, ...], bool,
+                  bool, int]
 _TYPES_WITH_BINDINGS = frozenset({"code", "Coding", "CodeableConcept", "Quantity", "string",
                                   "uri", "CodeableReference"})
 
@@ -306,10 +314,15 @@ class Walk:
                         f"This property must be a JSON object (type {t.code}), not a "
                         f"{_json_kind(value)}", el)
             return
-        if t.code in ("Resource", "DomainResource") or (
-                "resourceType" in value and t.code in self.compiler.resource_types()):
+        plans = el.plans
+        plan = plans.get(t) if plans is not None else None
+        if plan is None:
+            plan = self._plan(el, t)
+        (any_resource, resource_type, struct, dt_root, own_invariants, profiles, binding,
+         codings, tail) = plan
+        if any_resource or (resource_type and "resourceType" in value):
             self.v.nested_resource(self, value, path, frame, el, t)
-            if el.invariants:
+            if own_invariants:
                 # e.g. an invariant on Patient.contained: %resource is still the Patient.
                 self.invariants(el, value, path, frame, base=value.get("resourceType"))
             return
@@ -318,41 +331,74 @@ class Walk:
                         "Constraint failed: ele-1: 'All FHIR elements must have a @value or "
                         "children'", el)
             return
+        if struct is not None:
+            self.complex(value, struct, path, frame, t.code, el)
+        if dt_root is not None:
+            self.invariants(dt_root, value, path, frame, owner=el)
+        if own_invariants:
+            self.invariants(el, value, path, frame)
+        for url in profiles:
+            self.type_profile(url, t, value, path, frame)
+        if el.fixed is not None:
+            self.fixed(el, value, el.fixed, path, exact=True)
+        elif el.pattern is not None:
+            self.fixed(el, value, el.pattern, path, exact=False)
+        if binding:
+            self.v.binding(self, el, t, value, path)
+        elif codings:
+            self.v.codings(self, el, t, value, path)
+        if tail == _REFERENCE:
+            self.v.reference(self, el, t, value, path, frame)
+        elif tail == _NARRATIVE:
+            self.v.narrative(self, el, value, path, frame)
+        elif tail == _QUANTITY_RANGE:
+            self.v.quantity_range(self, el, value, path)
+
+    def _plan(self, el: Element, t: TypeRef) -> ValuePlan:
+        """What `value` does with a complex value of type `t` in `el`: everything that depends
+        on the definitions only, decided once per element and type instead of per value. The
+        definitions cannot change under a plan: a changed one makes the compiler drop every
+        compiled element, plans included."""
+        compiler = self.compiler
         struct = el.own_structure() if len(el.types) < 2 or not el.children else \
-            el.structure_for(t, self.compiler)
+            el.structure_for(t, compiler)
         dt = None
         if struct is None:
             if el.content_reference:
                 target = self._content_reference(el)
                 struct = target.own_structure() if target is not None else None
             else:
-                dt = self.compiler.datatype(t.code)
+                dt = compiler.datatype(t.code)
                 struct = dt.root.own_structure() if dt is not None else None
-        if struct is not None:
-            self.complex(value, struct, path, frame, t.code, el)
         if dt is None and t.code not in ("BackboneElement", "Element") and not el.content_reference:
-            dt = self.compiler.datatype(t.code)
-        if dt is not None:
-            self.invariants(dt.root, value, path, frame, owner=el)
-        self.invariants(el, value, path, frame)
-        for url in t.profiles:
-            if t.code == "Extension":
-                continue
-            self.type_profile(url, t, value, path, frame)
-        if el.fixed is not None:
-            self.fixed(el, value, el.fixed, path, exact=True)
-        elif el.pattern is not None:
-            self.fixed(el, value, el.pattern, path, exact=False)
-        if el.binding_valueset and t.code in _TYPES_WITH_BINDINGS:
-            self.v.binding(self, el, t, value, path)
-        elif t.code in ("Coding", "CodeableConcept"):
-            self.v.codings(self, el, t, value, path)
-        if t.code == "Reference":
-            self.v.reference(self, el, t, value, path, frame)
-        elif t.code == "Narrative":
-            self.v.narrative(self, el, value, path, frame)
-        elif t.code in _QUANTITIES and (el.min_value is not None or el.max_value is not None):
-            self.v.quantity_range(self, el, value, path)
+            dt = compiler.datatype(t.code)
+        code = t.code
+        if code == "Reference":
+            tail = _REFERENCE
+        elif code == "Narrative":
+            tail = _NARRATIVE
+        elif code in _QUANTITIES and (el.min_value is not None or el.max_value is not None):
+            tail = _QUANTITY_RANGE
+        else:
+            tail = 0
+        binding = bool(el.binding_valueset and code in _TYPES_WITH_BINDINGS)
+        plan: ValuePlan = (
+            code in ("Resource", "DomainResource"),
+            code in compiler.resource_types(),
+            struct,
+            dt.root if dt is not None and dt.root.invariants else None,
+            bool(el.invariants),
+            () if code == "Extension" else t.profiles,
+            binding,
+            not binding and code in ("Coding", "CodeableConcept"),
+            tail,
+        )
+        plans = el.plans
+        if plans is None:
+            plans = el.plans = {}
+        if len(plans) < _MAX_PLANS:  # ad-hoc TypeRefs (`TypeRef("Extension")`) are not kept
+            plans[t] = plan
+        return plan
 
     def primitive(self, el: Element, t: TypeRef, value: Any, path: str, frame: Frame) -> None:
         problem = t.check(value) if t.check is not None else None
@@ -414,6 +460,8 @@ class Walk:
                             el)
 
     def fixed(self, el: Element, value: Any, expected: Any, path: str, exact: bool) -> None:
+        if _matches(value, expected, exact):
+            return
         problem = _compare(value, expected, exact, path)
         if problem is not None:
             where, text = problem
@@ -422,6 +470,8 @@ class Walk:
 
     def invariants(self, el: Element, focus: Any, path: str, frame: Frame,
                    owner: Element | None = None, base: str | None = None) -> None:
+        if not el.invariants:
+            return
         if base is None:
             base = el.fhirpath_base
         cache = self._invariant_results
@@ -624,6 +674,8 @@ def _json_kind(value: Any) -> str:
 
 
 def _primitive_equal(value: Any, expected: Any) -> bool:
+    if type(value) is str and type(expected) is str:  # codes and systems: the usual case
+        return value == expected
     if isinstance(value, bool) or isinstance(expected, bool):
         return value is expected
     if isinstance(value, int | float | Decimal) and isinstance(expected, int | float | Decimal):
@@ -666,8 +718,39 @@ def _compare(value: Any, expected: Any, exact: bool, path: str) -> tuple[str, st
     return None
 
 
+def _matches(value: Any, expected: Any, exact: bool) -> bool:
+    """`_compare(value, expected, exact, path) is None`, without building the paths a
+    mismatch would be reported at (values mostly match: slice discriminators, fixed codes)."""
+    if type(expected) is str:
+        return value == expected if type(value) is str else _primitive_equal(value, expected)
+    if isinstance(expected, dict):
+        if not isinstance(value, dict):
+            return False
+        for key, exp in expected.items():
+            if key not in value or not _matches(value[key], exp, exact):
+                return False
+        if exact:
+            for key in value:
+                if key not in expected and key not in ("id", "extension"):
+                    return False
+        return True
+    if isinstance(expected, list):
+        if not isinstance(value, list):
+            return False
+        if exact and len(value) != len(expected):
+            return False
+        for i, exp in enumerate(expected):
+            if exact:
+                if not _matches(value[i], exp, True):
+                    return False
+            elif not any(_matches(v, exp, False) for v in value):
+                return False
+        return True
+    return _primitive_equal(value, expected)
+
+
 def matches_pattern(value: Any, expected: Any, exact: bool = False) -> bool:
-    return _compare(value, expected, exact, "") is None
+    return _matches(value, expected, exact)
 
 
 def _relative_date(duration: Any, sign: int) -> str | None:

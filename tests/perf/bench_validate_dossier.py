@@ -5,6 +5,7 @@ Run from the repository root with the project's virtualenv active::
     python tests/perf/bench_validate_dossier.py                 # median ms per dossier
     python tests/perf/bench_validate_dossier.py --invariants    # + the costliest invariants
     python tests/perf/bench_validate_dossier.py --no-fold       # FHIRPath constant folding off
+    python tests/perf/bench_validate_dossier.py --no-remember   # invariants evaluated every time
     python tests/perf/bench_validate_dossier.py --profile       # + a cProfile top list
 
 The dossier is the resource entries of `ekd.jgz.demo.generate(1, seed=3)` plus the shared
@@ -119,7 +120,12 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--no-fold", action="store_true")
+    parser.add_argument("--no-remember", action="store_true")
     args = parser.parse_args()
+    if args.no_remember:
+        from ekd.validation import invariants
+
+        invariants.REMEMBER_OUTCOMES = False  # read when invariants are compiled, i.e. below
     if args.no_fold:
         from ekd.fhirpath import engine
 
