@@ -221,14 +221,8 @@ def test_search_finds_batch_created_resources(services: Services) -> None:
         assert found.get("entry", []) == []
 
 
-@pytest.mark.parametrize("variable_limit", [None, 999])
-def test_batch_larger_than_a_chunk(services: Services, monkeypatch: pytest.MonkeyPatch,
-                                   variable_limit: int | None) -> None:
-    """More items than `BATCH_CHUNK` (and, with SQLite's old 999-variable limit, many
-    multi-row statements per chunk; PostgreSQL has no such limit, and runs it as is)."""
-    if variable_limit is not None:
-        monkeypatch.setattr(resources_module, "_sqlite_variable_limit",
-                            lambda conn: variable_limit)
+def test_batch_larger_than_a_chunk(services: Services) -> None:
+    """More items than `BATCH_CHUNK`: several statements on PostgreSQL."""
     n = 2 * BATCH_CHUNK + 37
     items = [("Patient", f"p{i}", patient(family=f"Fam{i:05d}", bsn=None)) for i in range(n)]
     with services.db.write() as conn:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
+from weakref import WeakKeyDictionary
 
 from ekd.fhirpath import Expression, FhirPathError
 from ekd.fhirpath.model import Node, resource_node
@@ -41,6 +42,24 @@ UNITS: dict[str, tuple[str, Decimal]] = {
 }
 
 Rows = dict[str, list[dict]]
+#: A row's values without the parameter name, in `COLUMNS` order (after `param`).
+Values = tuple
+#: Index rows as tuples, `(param, *values)` in `COLUMNS` order, by index table.
+TableRows = dict[str, list[tuple]]
+
+#: The value columns of each index table, in the order of the row tuples: the contract between
+#: the row makers here and the store, which writes the tuples as they are.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "search_token": ("param", "system", "code", "text"),
+    "search_string": ("param", "norm", "exact"),
+    "search_date": ("param", "low", "high"),
+    "search_number": ("param", "value"),
+    "search_quantity": ("param", "system", "code", "value", "canon_code", "canon_value"),
+    "search_reference": ("param", "target_type", "target_id", "url"),
+    "search_uri": ("param", "uri"),
+    "search_composite": ("param", "system", "code", "c2_system", "c2_code", "c2_value",
+                         "c2_low", "c2_high", "c2_text"),
+}
 
 _DATE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -117,6 +136,10 @@ def canonical_quantity(value: Decimal, system: str | None, code: str | None
 
 # -- extraction ------------------------------------------------------------------------------
 
+#: Plans by parameter registry, shared by all indexers of one registry: the store makes an
+#: indexer per transaction, and each would otherwise find its plans and shapes afresh.
+_PLANS: WeakKeyDictionary[SearchParameters, dict[str, _Plan]] = WeakKeyDictionary()
+
 
 class Indexer:
     """Turns a resource into index rows for the parameters in force for its type.
@@ -124,12 +147,18 @@ class Indexer:
     `fast` (the default) evaluates the simple expressions most parameters have with the plain
     walkers of `ekd.search.walk` and the rest with the FHIRPath engine; `fast=False` evaluates
     every expression with the engine. Both give the same rows (tests/test_search_index_fast.py).
+
+    `table_rows` gives the rows as tuples (`COLUMNS`), what the store writes; calling the
+    indexer gives the same rows as dicts keyed by column, for code that reads them by name.
     """
 
     def __init__(self, parameters: SearchParameters, *, fast: bool = True) -> None:
         self.parameters = parameters
         self.fast = fast
-        self._plans: dict[str, _Plan] = {}
+        plans = _PLANS.get(parameters)
+        if plans is None:
+            plans = _PLANS.setdefault(parameters, {})
+        self._plans = plans
 
     def _plan(self, rtype: str) -> _Plan:
         extractors = self.parameters.extractors(rtype)
@@ -139,8 +168,12 @@ class Indexer:
         return plan
 
     def __call__(self, content: dict) -> Rows:
+        return {table: [dict(zip(COLUMNS[table], row, strict=True)) for row in rows]
+                for table, rows in self.table_rows(content).items()}
+
+    def table_rows(self, content: dict) -> TableRows:
         rtype = content.get("resourceType")
-        rows: Rows = {}
+        rows: TableRows = {}
         if not isinstance(rtype, str):
             return rows
         if self.fast:
@@ -175,27 +208,30 @@ def _items(extractor: Extractor, root: Node, memo: dict[object, list]
             yield item, target
 
 
-def _extract(extractor: Extractor, root: Node, memo: dict[object, list], rows: Rows) -> None:
+def _extract(extractor: Extractor, root: Node, memo: dict[object, list],
+             rows: TableRows) -> None:
     param = extractor.param
     code = param.code
     kind = param.type
     seen: set[tuple] = set()
 
-    def add(table: str, row: dict) -> None:
-        name = code + row.pop("_suffix", "")
-        key = (table, name, *row.values())
+    def add(table: str, suffix: str, values: Values) -> None:
+        name = code + suffix
+        key = (table, name, values)
         if key not in seen:
             seen.add(key)
-            rows.setdefault(table, []).append({"param": name, **row})
+            rows.setdefault(table, []).append((name, *values))
 
     if kind == "composite":
         for item, _ in _items(extractor, root, memo):
-            for row in composite_rows(extractor, item, memo):
-                add("search_composite", row)
+            for values in _composite_rows(extractor, item, memo):
+                add("search_composite", "", values)
         return
     for item, target in _items(extractor, root, memo):
-        for table, row in value_rows(kind, item, target):
-            add(table, row)
+        node_type, data = _typed(item)
+        if data is not None:
+            for table, suffix, values in _typed_rows(kind, node_type, data, target):
+                add(table, suffix, values)
 
 
 # -- the fast path: walkers where they apply, items as (type, data, path) ----------------------
@@ -281,12 +317,16 @@ def _evaluate(expression: Expression, walker: Walker | None, context: _Context) 
     return _as_items(expression.items(context.node()))
 
 
-def _extract_fast(extractor: Extractor, context: _Context, rows: Rows) -> None:
+#: (table, name suffix, values): one distinct row of a parameter, without its name.
+Entry = tuple[str, str, Values]
+
+
+def _extract_fast(extractor: Extractor, context: _Context, rows: TableRows) -> None:
     code = extractor.param.code
     memo = context.memo
     steps = extractor.steps
     # Rows are told apart by (table, suffix, values): the parameter name is code + suffix.
-    seen: set[tuple] | None = set() if len(steps) > 1 else None
+    seen: set[Entry] | None = set() if len(steps) > 1 else None
     for expression, target, walker, entries_key in steps:
         # Parameters that share a path share its rows too (`code` and `combo-code`): they are
         # made once per resource, without the parameter name and without duplicates.
@@ -305,59 +345,61 @@ def _extract_fast(extractor: Extractor, context: _Context, rows: Rows) -> None:
         _add(code, entries, seen, rows)
 
 
-Entry = tuple[str, str, dict, tuple]
-
-
 def _entries(extractor: Extractor, items: list[Item], target: str | None, memo: dict,
              out: list[Entry]) -> None:
-    """(table, suffix, row, key) of each distinct row the items give, in order."""
+    """Each distinct row the items give, in order."""
     kind = extractor.param.type
-    composite = kind == "composite"
-    keys: set[tuple] = set()
-    for node_type, data, path in items:
+    keys: set[Entry] = set()
+    if kind == "composite":
+        for _, data, path in items:
+            if data is None:
+                continue
+            for values in _composite_fast(extractor, data, path, memo):
+                entry = ("search_composite", "", values)
+                if entry not in keys:
+                    keys.add(entry)
+                    out.append(entry)
+        return
+    make = _MAKERS.get(kind)
+    if make is None:
+        return
+    for node_type, data, _ in items:
         if data is None:
             continue
-        produced = (_composite_fast(extractor, data, path, memo) if composite
-                    else _typed_rows(kind, node_type, data, target))
-        for table, row in produced:
-            suffix = row.pop("_suffix", "")
-            key = (table, suffix, *row.values())
-            if key not in keys:
-                keys.add(key)
-                out.append((table, suffix, row, key))
+        for entry in make(node_type, data, target):
+            if entry not in keys:
+                keys.add(entry)
+                out.append(entry)
 
 
-def _add(code: str, entries: list[Entry], seen: set[tuple] | None, rows: Rows) -> None:
-    for table, suffix, row, key in entries:
+def _add(code: str, entries: list[Entry], seen: set[Entry] | None, rows: TableRows) -> None:
+    for entry in entries:
         if seen is not None:
-            if key in seen:
+            if entry in seen:
                 continue
-            seen.add(key)
-        name = code + suffix if suffix else code
+            seen.add(entry)
+        table, suffix, values = entry
+        row = (code + suffix if suffix else code, *values)
         bucket = rows.get(table)
         if bucket is None:
-            rows[table] = [{"param": name, **row}]
+            rows[table] = [row]
         else:
-            bucket.append({"param": name, **row})
+            bucket.append(row)
 
 
 def _composite_fast(extractor: Extractor, element: object, base: str | None, memo: dict
-                    ) -> Iterator[tuple[str, dict]]:
+                    ) -> list[Values]:
     if len(extractor.components) < 2:
-        return
+        return []
     (kind1, expr1), (kind2, expr2) = extractor.components[:2]
     walker1, walker2 = extractor.component_walkers[:2]
     firsts = _component_fast(memo, kind1, expr1, walker1, element, base)
     seconds = _component_fast(memo, kind2, expr2, walker2, element, base)
-    for _, first in firsts:
-        for table, second in seconds:
-            row = composite_row(first, table, second)
-            if row is not None:
-                yield "search_composite", row
+    return _pairs(firsts, seconds)
 
 
 def _component_fast(memo: dict, kind: str, expression: Expression, walker: Walker | None,
-                    element: object, base: str | None) -> list[tuple[str, dict]]:
+                    element: object, base: str | None) -> list[tuple[str, Values]]:
     key = (kind, expression.expression, id(element))
     values = memo.get(key)
     if values is None:
@@ -366,7 +408,7 @@ def _component_fast(memo: dict, kind: str, expression: Expression, walker: Walke
 
 
 def _component_values_fast(kind: str, expression: Expression, walker: Walker | None,
-                           element: object, base: str | None) -> list[tuple[str, dict]]:
+                           element: object, base: str | None) -> list[tuple[str, Values]]:
     if not isinstance(element, dict):
         return []
     items: list[Item] | None = None
@@ -376,49 +418,81 @@ def _component_values_fast(kind: str, expression: Expression, walker: Walker | N
     if items is None:
         items = _as_items(expression.items(element, base=base) if base
                           else expression.items(element))
-    return [(table, row) for node_type, data, _ in items if data is not None
-            for table, row in _typed_rows(kind, node_type, data, None) if "_suffix" not in row]
+    return [(table, values) for node_type, data, _ in items if data is not None
+            for table, suffix, values in _typed_rows(kind, node_type, data, None)
+            if not suffix]
+
+
+# -- row makers: (table, suffix, values) of an item given as its FHIR type and (not None) data --
 
 
 def value_rows(kind: str, item: object, target: str | None = None
                ) -> Iterator[tuple[str, dict]]:
-    """The index rows one FHIRPath item gives for a parameter of type `kind`."""
+    """The index rows one FHIRPath item gives for a parameter of type `kind`, as dicts keyed
+    by column (with `_suffix`, the parameter name's suffix, where there is one)."""
     node_type, data = _typed(item)
     if data is None:
         return
-    yield from _typed_rows(kind, node_type, data, target)
+    for table, suffix, values in _typed_rows(kind, node_type, data, target):
+        row = dict(zip(COLUMNS[table][1:], values, strict=True))
+        if suffix:
+            row["_suffix"] = suffix
+        yield table, row
 
 
-def _typed_rows(kind: str, node_type: str, data: object, target: str | None
-                ) -> Iterator[tuple[str, dict]]:
-    """The index rows of an item given as its FHIR type and (not None) data."""
-    if kind == "token":
-        for row in token_values(node_type, data):
-            yield "search_token", row
-    elif kind == "string":
-        for text in string_values(node_type, data):
-            yield "search_string", {"norm": normalise(text), "exact": text[:MAX_TEXT]}
-    elif kind == "date":
-        for low, high in date_values(node_type, data):
-            yield "search_date", {"low": low, "high": high}
-    elif kind == "number":
-        number = _decimal(data)
-        if number is not None:
-            yield "search_number", {"value": float(number)}
-    elif kind == "quantity":
-        for row in quantity_values(node_type, data):
-            yield "search_quantity", row
-    elif kind == "reference":
-        ref = reference_value(node_type, data)
-        if ref is not None:
-            if target is not None and ref["target_type"] != target:
-                return
-            yield "search_reference", ref
-        if isinstance(data, dict) and isinstance(data.get("identifier"), dict):
-            for row in token_values("Identifier", data["identifier"]):
-                yield "search_token", {**row, "_suffix": ":identifier"}
-    elif kind == "uri" and isinstance(data, str):
-        yield "search_uri", {"uri": data[:MAX_TEXT]}
+def _typed_rows(kind: str, node_type: str, data: object, target: str | None) -> list[Entry]:
+    make = _MAKERS.get(kind)
+    return make(node_type, data, target) if make is not None else []
+
+
+def _token_entries(node_type: str, data: object, target: str | None) -> list[Entry]:
+    return _token_values(node_type, data)
+
+
+def _string_entries(node_type: str, data: object, target: str | None) -> list[Entry]:
+    return [("search_string", "", (normalise(text), text[:MAX_TEXT]))
+            for text in string_values(node_type, data)]
+
+
+def _date_entries(node_type: str, data: object, target: str | None) -> list[Entry]:
+    return [("search_date", "", bounds) for bounds in date_values(node_type, data)]
+
+
+def _number_entries(node_type: str, data: object, target: str | None) -> list[Entry]:
+    number = _decimal(data)
+    return [] if number is None else [("search_number", "", (float(number),))]
+
+
+def _quantity_entries(node_type: str, data: object, target: str | None) -> list[Entry]:
+    return [("search_quantity", "", values) for values in quantity_values(node_type, data)]
+
+
+def _reference_entries(node_type: str, data: object, target: str | None) -> list[Entry]:
+    out: list[Entry] = []
+    ref = reference_value(node_type, data)
+    if ref is not None:
+        if target is not None and ref[0] != target:
+            return out
+        out.append(("search_reference", "", ref))
+    if isinstance(data, dict) and isinstance(data.get("identifier"), dict):
+        out.extend(("search_token", ":identifier", values)
+                   for _, _, values in _token_values("Identifier", data["identifier"]))
+    return out
+
+
+def _uri_entries(node_type: str, data: object, target: str | None) -> list[Entry]:
+    return [("search_uri", "", (data[:MAX_TEXT],))] if isinstance(data, str) else []
+
+
+_MAKERS: dict[str, Callable[[str, object, str | None], list[Entry]]] = {
+    "token": _token_entries,
+    "string": _string_entries,
+    "date": _date_entries,
+    "number": _number_entries,
+    "quantity": _quantity_entries,
+    "reference": _reference_entries,
+    "uri": _uri_entries,
+}
 
 
 def _typed(item: object) -> tuple[str, object]:
@@ -450,45 +524,51 @@ def _str(value: object) -> str | None:
     return value[:MAX_TEXT] if isinstance(value, str) and value else None
 
 
-def token_values(node_type: str, data: object) -> Iterator[dict]:
+def _token_values(node_type: str, data: object) -> list[Entry]:
+    """`search_token` rows: (system, code, text)."""
     if isinstance(data, bool):
-        yield {"system": None, "code": "true" if data else "false", "text": None}
-    elif isinstance(data, str):
-        yield {"system": None, "code": data[:MAX_TEXT], "text": None}
-    elif isinstance(data, dict):
-        if node_type == "CodeableConcept" or "coding" in data:
-            text = data.get("text")
-            rows = [_coding_row(coding, text) for coding in data.get("coding") or ()
-                    if isinstance(coding, dict)]
-            yield from rows
-            # `:text` searches CodeableConcept.text too when the codings have displays.
-            if isinstance(text, str) and all(r["text"] != normalise(text) for r in rows):
-                yield {"system": None, "code": None, "text": normalise(text)}
-        elif node_type == "Identifier" or ("value" in data and "use" in data) or (
-                node_type != "ContactPoint" and "value" in data and "system" in data):
-            value, system = _str(data.get("value")), _str(data.get("system"))
-            type_text = (data.get("type") or {}).get("text")
-            if value or system:
-                yield {"system": system, "code": value,
-                       "text": normalise(type_text) if isinstance(type_text, str) else None}
-            # `identifier:of-type=system|code|value`: the identifier's type with its value.
-            for coding in (data.get("type") or {}).get("coding") or ():
-                if isinstance(coding, dict) and value:
-                    yield {"system": _str(coding.get("system")),
-                           "code": f"{coding.get('code')}|{value}"[:MAX_TEXT], "text": None,
-                           "_suffix": ":of-type"}
-        elif node_type == "ContactPoint":
-            value = _str(data.get("value"))
-            if value:
-                yield {"system": _str(data.get("system")), "code": value, "text": None}
-        elif "code" in data or "system" in data:  # Coding and Coding-like (Quantity as token)
-            yield _coding_row(data, None)
+        return [("search_token", "", (None, "true" if data else "false", None))]
+    if isinstance(data, str):
+        return [("search_token", "", (None, data[:MAX_TEXT], None))]
+    if not isinstance(data, dict):
+        return []
+    if node_type == "CodeableConcept" or "coding" in data:
+        text = data.get("text")
+        out: list[Entry] = [("search_token", "", _coding_values(coding, text))
+                            for coding in data.get("coding") or () if isinstance(coding, dict)]
+        # `:text` searches CodeableConcept.text too when the codings have displays.
+        if isinstance(text, str):
+            norm = normalise(text)
+            if all(values[2] != norm for _, _, values in out):
+                out.append(("search_token", "", (None, None, norm)))
+        return out
+    if node_type == "Identifier" or ("value" in data and "use" in data) or (
+            node_type != "ContactPoint" and "value" in data and "system" in data):
+        value, system = _str(data.get("value")), _str(data.get("system"))
+        type_text = (data.get("type") or {}).get("text")
+        out = []
+        if value or system:
+            out.append(("search_token", "", (
+                system, value, normalise(type_text) if isinstance(type_text, str) else None)))
+        # `identifier:of-type=system|code|value`: the identifier's type with its value.
+        for coding in (data.get("type") or {}).get("coding") or ():
+            if isinstance(coding, dict) and value:
+                out.append(("search_token", ":of-type", (
+                    _str(coding.get("system")), f"{coding.get('code')}|{value}"[:MAX_TEXT],
+                    None)))
+        return out
+    if node_type == "ContactPoint":
+        value = _str(data.get("value"))
+        return [("search_token", "", (_str(data.get("system")), value, None))] if value else []
+    if "code" in data or "system" in data:  # Coding and Coding-like (Quantity as token)
+        return [("search_token", "", _coding_values(data, None))]
+    return []
 
 
-def _coding_row(coding: dict, text: object) -> dict:
+def _coding_values(coding: dict, text: object) -> Values:
     display = coding.get("display") if isinstance(coding.get("display"), str) else text
-    return {"system": _str(coding.get("system")), "code": _str(coding.get("code")),
-            "text": normalise(display) if isinstance(display, str) else None}
+    return (_str(coding.get("system")), _str(coding.get("code")),
+            normalise(display) if isinstance(display, str) else None)
 
 
 _NAME_PARTS = ("text", "family", "given", "prefix", "suffix")
@@ -529,7 +609,8 @@ def date_values(node_type: str, data: object) -> Iterator[tuple[datetime, dateti
                 yield (start[0] if start else FAR_PAST), (end[1] if end else FAR_FUTURE)
 
 
-def quantity_values(node_type: str, data: object) -> Iterator[dict]:
+def quantity_values(node_type: str, data: object) -> Iterator[Values]:
+    """`search_quantity` rows: (system, code, value, canon_code, canon_value)."""
     if not isinstance(data, dict):
         return
     if node_type == "Range" or "low" in data or "high" in data:
@@ -542,88 +623,111 @@ def quantity_values(node_type: str, data: object) -> Iterator[dict]:
         return
     system, code = _str(data.get("system")), _str(data.get("code") or data.get("unit"))
     canon_code, canon_value = canonical_quantity(value, system, code)
-    yield {"system": system, "code": code, "value": float(value),
-           "canon_code": canon_code, "canon_value": canon_value}
+    yield system, code, float(value), canon_code, canon_value
 
 
-def reference_value(node_type: str, data: object) -> dict | None:
+def reference_value(node_type: str, data: object) -> Values | None:
+    """`search_reference` row: (target_type, target_id, url)."""
     ref = data.get("reference") if isinstance(data, dict) else data
     if not isinstance(ref, str) or not ref or ref.startswith("#"):
         return None
     return parse_reference(ref)
 
 
-def parse_reference(ref: str) -> dict:
-    """`Patient/1`, `http://x/fhir/Patient/1/_history/2`, canonical `http://x|1.0`, urn:."""
+@lru_cache(maxsize=16384)
+def parse_reference(ref: str) -> Values:
+    """`Patient/1`, `http://x/fhir/Patient/1/_history/2`, canonical `http://x|1.0`, urn:.
+    Cached: a dossier names its patient, encounters and practitioners over and over."""
     body = ref.split("/_history/", 1)[0]
     parts = body.rstrip("/").split("/")
     absolute = "://" in ref or ref.startswith("urn:")
     target_type = target_id = None
     if len(parts) >= 2 and _TYPE_NAME.fullmatch(parts[-2]) and _ID.fullmatch(parts[-1]):
         target_type, target_id = parts[-2], parts[-1]
-    return {"target_type": target_type, "target_id": target_id,
-            "url": ref[:MAX_TEXT] if absolute else None}
+    return target_type, target_id, ref[:MAX_TEXT] if absolute else None
 
 
-def composite_row(first: dict, table: str, second: dict) -> dict | None:
-    """The `search_composite` row of a first component's token row and a second component's
-    row from `table`; None for a second component of a type composites do not index."""
-    row = {"system": first.get("system"), "code": first.get("code") or first.get(
-        "target_id"), "c2_system": None, "c2_code": None, "c2_value": None,
-        "c2_low": None, "c2_high": None, "c2_text": None}
+def _column_positions(table: str, *names: str) -> tuple[int | None, ...]:
+    columns = COLUMNS[table][1:]
+    return tuple(columns.index(n) if n in columns else None for n in names)
+
+
+#: Where a composite's first component has its system, code and target id, by its table.
+_FIRST = {table: _column_positions(table, "system", "code", "target_id") for table in COLUMNS}
+
+
+def composite_row(first_table: str, first: Values, table: str, second: Values
+                  ) -> Values | None:
+    """The `search_composite` values of a first component's row (from `first_table`) and a
+    second component's row from `table`; None for a second component of a type composites
+    do not index."""
+    at_system, at_code, at_target = _FIRST[first_table]
+    system = first[at_system] if at_system is not None else None
+    code = (first[at_code] if at_code is not None else None) or (
+        first[at_target] if at_target is not None else None)
     if table == "search_token":
-        row.update(c2_system=second["system"], c2_code=second["code"])
-    elif table == "search_quantity":  # as given: the query converts (sql.py)
-        row.update(c2_system=second["system"], c2_code=second["code"],
-                   c2_value=second["value"])
-    elif table == "search_number":
-        row.update(c2_value=second["value"])
-    elif table == "search_date":
-        row.update(c2_low=second["low"], c2_high=second["high"])
-    elif table == "search_string":
-        row.update(c2_text=second["norm"])
-    elif table == "search_reference":
-        row.update(c2_code=second["target_id"], c2_system=second["target_type"])
-    else:
-        return None
-    return row
+        return system, code, second[0], second[1], None, None, None, None
+    if table == "search_quantity":  # as given: the query converts (sql.py)
+        return system, code, second[0], second[1], second[2], None, None, None
+    if table == "search_number":
+        return system, code, None, None, second[0], None, None, None
+    if table == "search_date":
+        return system, code, None, None, None, second[0], second[1], None
+    if table == "search_string":
+        return system, code, None, None, None, None, None, second[0]
+    if table == "search_reference":
+        return system, code, second[0], second[1], None, None, None, None
+    return None
 
 
-def composite_rows(extractor: Extractor, item: object, memo: dict | None = None
-                   ) -> Iterator[dict]:
+def _pairs(firsts: list[tuple[str, Values]], seconds: list[tuple[str, Values]]
+           ) -> list[Values]:
+    """Composite values of each (first, second) pair of component values."""
+    out = []
+    for first_table, first in firsts:
+        for table, second in seconds:
+            row = composite_row(first_table, first, table, second)
+            if row is not None:
+                out.append(row)
+    return out
+
+
+def _composite_rows(extractor: Extractor, item: object, memo: dict | None = None
+                    ) -> list[Values]:
     """Pairs of (first component, second component) values taken from the same element.
 
     `memo` (per resource) keeps component values by (expression, element): R4's composites
     of one type share components (`code` in every `code-value-*`)."""
     if len(extractor.components) < 2:
-        return
+        return []
     (kind1, expr1), (kind2, expr2) = extractor.components[:2]
     firsts = _memo_component(memo, kind1, expr1, item)
     seconds = _memo_component(memo, kind2, expr2, item)
-    for _, first in firsts:
-        for table, second in seconds:
-            row = composite_row(first, table, second)
-            if row is not None:
-                yield row
+    return _pairs(firsts, seconds)
 
 
 def _memo_component(memo: dict | None, kind: str, expression: Expression, item: object
-                    ) -> list[tuple[str, dict]]:
+                    ) -> list[tuple[str, Values]]:
     element = item.data if type(item) is Node else item
     base = item.path if type(item) is Node else None
     if memo is None:
-        return list(_component_values(kind, expression, element, base))
+        return _component_values(kind, expression, element, base)
     key = (kind, expression.expression, id(element))
     values = memo.get(key)
     if values is None:
-        values = memo[key] = list(_component_values(kind, expression, element, base))
+        values = memo[key] = _component_values(kind, expression, element, base)
     return values
 
 
 def _component_values(kind: str, expression: Expression, element: object, base: str | None
-                      ) -> Iterable[tuple[str, dict]]:
+                      ) -> list[tuple[str, Values]]:
     if not isinstance(element, dict):
-        return ()
+        return []
     items = expression.items(element, base=base) if base else expression.items(element)
-    return [(table, row) for item in items for table, row in value_rows(kind, item)
-            if "_suffix" not in row]
+    out = []
+    for item in items:
+        node_type, data = _typed(item)
+        if data is not None:
+            out.extend((table, values) for table, suffix, values
+                       in _typed_rows(kind, node_type, data, None) if not suffix)
+    return out

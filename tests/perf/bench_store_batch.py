@@ -38,7 +38,7 @@ from ekd.api.app import build_services  # noqa: E402
 from ekd.config import Settings  # noqa: E402
 from ekd.interaction.base import Services  # noqa: E402
 from ekd.store.database import Database  # noqa: E402
-from ekd.store.resources import _stamp, now  # noqa: E402
+from ekd.store.resources import _stamp, instant, now  # noqa: E402
 
 # The test module's helpers import FastAPI's TestClient, which warns about httpx on import.
 warnings.filterwarnings("ignore", message="Using `httpx`")
@@ -96,7 +96,7 @@ def measure(services: Services, rounds: int) -> dict[str, list[float]]:
     def indexing(_tag: str) -> float:
         with services.db.read() as conn:
             store = services.store(conn, ORG)
-            when = now()
+            when = instant(now())
             for t, i, c in base:
                 store._index_rows(_stamp(c, t, i, 1, when))
         return 0.0
