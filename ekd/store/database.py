@@ -8,6 +8,8 @@ running alongside a writer. On PostgreSQL, READ COMMITTED plus compare-and-set u
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +59,10 @@ class Database:
         #: Single-statement reads on PostgreSQL use connections that are in autocommit from the
         #: start: switching a pooled connection per checkout costs ~60 us of a 0.4 ms read.
         self._autocommit_engine: Engine | None = None
+        #: SQLite has one writer at a time. Threads of this process queue for it here, and
+        #: the one waiting longest gets it the moment it is free; left to SQLite, they would
+        #: poll with sleeps of up to 100 ms and a busy writer could starve the others.
+        self._writer = threading.RLock() if self.dialect == "sqlite" else None
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
         else:
@@ -71,7 +77,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction; what `after_commit` registered on it runs once it committed."""
-        with self.engine.connect() as conn:
+        with self._writer or contextlib.nullcontext(), self.engine.connect() as conn:
             if self.dialect == "sqlite":
                 conn = conn.execution_options(sqlite_begin="IMMEDIATE")
             committed = False
