@@ -65,6 +65,31 @@ def test_observation_outside_the_jgz_kinds_is_refused(jgz_client: TestClient) ->
     assert jgz_client.post("/fhir/Observation", json=impossible).status_code == 422
 
 
+@pytest.mark.parametrize("code", [
+    [{"coding": [{"system": "http://loinc.org", "code": "8302-2"}]}],
+    {"coding": "8302-2"}, {"coding": [["x"]]}, "8302-2",
+])
+def test_a_malformed_observation_code_is_an_error_naming_it(jgz_client: TestClient,
+                                                           code: object) -> None:
+    r = jgz_client.post("/fhir/Observation", json={**unclaimed(examples.body_height()),
+                                                    "code": code})
+    assert r.status_code in (400, 422), r.text
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert any("Observation.code" in e for i in body["issue"] for e in i.get("expression", [])
+               ), body
+
+
+def test_a_malformed_meta_in_a_bundle_entry_is_an_error_naming_it(jgz_client: TestClient
+                                                                  ) -> None:
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{
+        "fullUrl": "urn:uuid:0b8f4e52-6a5e-4d84-9a8f-3d7c2b1a0e01",
+        "resource": {**unclaimed(examples.body_height()), "meta": [{"versionId": "1"}]}}]}
+    r = jgz_client.post("/fhir/Bundle", json=bundle)  # stored as a Bundle: validated whole
+    assert r.status_code in (400, 422), r.text
+    assert "meta" in r.text and r.json()["resourceType"] == "OperationOutcome"
+
+
 def test_uncontrolled_types_are_free_and_the_rules_can_be_relaxed(
     jgz_client: TestClient, client: TestClient
 ) -> None:

@@ -73,8 +73,11 @@ class JgzProfiles:
             return [profile_url(BY_TYPE[rtype])]
         if rtype != "Observation":
             return []
-        codings = [c for c in (resource.get("code") or {}).get("coding") or []
-                   if isinstance(c, dict)]
+        # Malformed shapes (a list for `code`, a string for `coding`) select nothing: the
+        # error below names Observation.code instead of the request failing.
+        code = resource.get("code")
+        coding = code.get("coding") if isinstance(code, dict) else None
+        codings = [c for c in coding if isinstance(c, dict)] if isinstance(coding, list) else []
         key = _codings_key(codings)
         cache = self._chosen
         chosen = cache.get(key) if key is not None else None

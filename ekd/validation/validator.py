@@ -305,8 +305,9 @@ class ProfileValidator:
                     if m and (m.group(3) != res["id"] or m.group(2) != res.get("resourceType")):
                         walk.report("error", "invalid", path,
                                     "The fullUrl does not match the type and id of the resource")
-                version = (res.get("meta") or {}).get("versionId") if isinstance(res, dict) \
-                    else None
+                meta = res.get("meta") if isinstance(res, dict) else None
+                # a malformed meta (a list, a string) is reported where meta is walked
+                version = meta.get("versionId") if isinstance(meta, dict) else None
                 key = f"{full}|{version}"
                 if key in full_urls and btype != "history":
                     walk.report("error", "invalid", path,
