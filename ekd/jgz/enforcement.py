@@ -79,17 +79,15 @@ class JgzProfiles:
         coding = code.get("coding") if isinstance(code, dict) else None
         codings = [c for c in coding if isinstance(c, dict)] if isinstance(coding, list) else []
         key = _codings_key(codings)
-        cache = self._chosen
-        chosen = cache.get(key) if key is not None else None
+        chosen = self._chosen.get(key)
         if chosen is None:
             generation = self._generation
             chosen = self._choose(codings)
-            if key is not None:
-                with self._lock:
-                    if generation == self._generation:
-                        if len(self._chosen) > 10_000:
-                            self._chosen = {}
-                        self._chosen[key] = chosen
+            with self._lock:
+                if generation == self._generation:
+                    if len(self._chosen) > 10_000:
+                        self._chosen = {}
+                    self._chosen[key] = chosen
         if not chosen:
             message = ("Observation.code: the observation fits none of the JGZ observation "
                        "profiles (" + ", ".join(OBSERVATION_PROFILES) + ")")
@@ -128,8 +126,8 @@ class JgzProfiles:
             return self._rules
 
 
-def _codings_key(codings: list[dict]) -> tuple | None:
-    """What `_choose` reads of the codings, as a cache key; None when it cannot be one.
+def _codings_key(codings: list[dict]) -> tuple:
+    """What `_choose` reads of the codings, as a cache key.
 
     Only string systems and codes can match a rule, so any other value stands as `_OTHER`
     (numbers and booleans would otherwise collide with each other: `1 == True`)."""

@@ -29,7 +29,7 @@ def claim(db: Database, table: Table, key: str, where: list[ColumnElement[bool]]
     # Most polls find nothing: look first without the write lock (SQLite's is database-wide,
     # and every worker thread of every process polls several tables).
     with db.autocommit() as conn:
-        if conn.execute(select(table.c[key]).where(*where, free).limit(1)).first() is None:
+        if conn.execute(query.limit(1)).first() is None:
             return []
     with db.write() as conn:
         if conn.dialect.name == "postgresql":

@@ -36,9 +36,9 @@ def run_until_idle(services: Services, exchange: Exchange, *, rounds: int = 1000
 
 
 class Worker:
-    """`threads` loops over the same work. Work items are claimed one lease at a time, so the
-    threads never share one; what they gain is overlap: while one waits on the database (a
-    commit, a PostgreSQL round trip) or the relay, another validates the next package."""
+    """`threads` loops over the same work. Work items are claimed under leases (`claims`), so
+    the threads never share one; what they gain is overlap: while one waits on the database
+    (a commit, a PostgreSQL round trip) or the relay, another validates the next package."""
 
     def __init__(self, services: Services, exchange: Exchange, *, threads: int | None = None
                  ) -> None:
