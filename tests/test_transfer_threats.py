@@ -312,6 +312,29 @@ def test_a_package_without_the_child_is_refused(world: World) -> None:
     rejected_with(world, started, "missing-patient")
 
 
+@pytest.mark.parametrize("how", ["twice", "without-id"])
+def test_a_resource_twice_or_without_id_is_refused(world: World, how: str) -> None:
+    """References are mapped by "Type/id": a package where one names two resources, or a
+    resource has none, is refused as a whole, naming why (before: three failed attempts
+    ending in a misleading "created concurrently", or a KeyError in the worker)."""
+    started, message = queued(world)
+
+    def change(bundle: dict) -> None:
+        entry = next(e for e in bundle["entry"]
+                     if e["resource"]["resourceType"] == "Observation")
+        if how == "twice":
+            copy = orjson.loads(orjson.dumps(entry))
+            copy["resource"]["status"] = "amended"
+            bundle["entry"].append(copy)
+        else:
+            del entry["resource"]["id"]
+
+    reseal(message, change, sign_as=creds(world, THUISZORG), to=creds(world, GGD))
+    row = rejected_with(world, started, "malformed")
+    assert row["problems"][0]["element"] == "Bundle.entry.resource.id"
+    assert ("twice" if how == "twice" else "no id") in row["problems"][0]["message"]
+
+
 def test_an_invalid_bsn_is_refused(world: World) -> None:
     started, message = queued(world)
 

@@ -154,8 +154,10 @@ def envelope_of(bundle: dict) -> Envelope:
 
 def dossier(bundle: dict) -> list[dict]:
     """The resources to import: every entry but the MessageHeader. The sender's Provenance is
-    imported too: it records where the dossier came from."""
+    imported too: it records where the dossier came from. Each must have an id, and only
+    one of each: the importer maps references by "Type/id"."""
     out = []
+    seen: set[str] = set()
     for entry in bundle.get("entry") or ():
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
@@ -163,6 +165,15 @@ def dossier(bundle: dict) -> list[dict]:
                                         ("Bundle.entry",))])
         if resource.get("resourceType") == "MessageHeader":
             continue
+        rtype, rid = resource.get("resourceType"), resource.get("id")
+        if not isinstance(rtype, str) or not isinstance(rid, str) or not rid:
+            raise PackageInvalid([Issue("error", "required", "A resource in the package has no "
+                                        "id: references to it cannot be followed",
+                                        ("Bundle.entry.resource.id",))])
+        if f"{rtype}/{rid}" in seen:
+            raise PackageInvalid([Issue("error", "duplicate", f"{rtype}/{rid} is in the "
+                                        "package twice", ("Bundle.entry.resource.id",))])
+        seen.add(f"{rtype}/{rid}")
         out.append(resource)
     return out
 
