@@ -17,9 +17,12 @@ requests for the whole cohort (from `--clients` threads), then the wall time unt
 transfer is `imported`. The CPU split is read from /proc for each server's process group
 (user + system seconds), so it shows which process bounds the rate on a 2-core machine.
 
+Steady state is measured: `--warmup` children are transferred first and not counted, because
+each server process compiles profiles, FHIRPath expressions and query plans on first use.
+
 Floor (same run, after the servers went idle): the same dossiers, as the sender holds them,
 validated and stored with new ids in a fresh local database, one transaction per dossier
-(`bench_transfer.floor`).
+(`bench_transfer.floor`), after the same warm-up.
 """
 
 from __future__ import annotations
@@ -133,10 +136,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes of each ekd instance (ekd serve --workers)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 children")
+    parser.add_argument("--warmup", type=int, default=4,
+                        help="children transferred first, not counted: a server compiles "
+                             "profiles and expressions on first use, once per process")
     parser.add_argument("--seed", type=int, default=5)
     args = parser.parse_args()
     if args.quick:
-        args.children = 4
+        args.children, args.warmup = 4, 1
     with tempfile.TemporaryDirectory(prefix="ekd-bench-procs-") as tmp:
         folder = Path(tmp)
         with databases(args.database_url, folder) as dbs:
@@ -145,9 +151,14 @@ def main() -> None:
             try:
                 for ura in (RELAY, THUISZORG, GGD):
                     net.start(ura)
-                log(f"loading {args.children} demo children at the sender …")
-                patients = load(net, args.children, args.seed)
-                held = dossiers(net, patients)
+                log(f"loading {args.warmup} + {args.children} demo children at the sender …")
+                everyone = load(net, args.warmup + args.children, args.seed)
+                warm, patients = everyone[:args.warmup], everyone[args.warmup:]
+                held, held_warm = dossiers(net, patients), dossiers(net, warm)
+                if warm:
+                    log(f"warming up: transferring {len(warm)} children, not counted …")
+                    _, warm_states = transfer_all(net, warm, args.clients, timeout=600)
+                    assert warm_states == {"imported": len(warm)}, warm_states
                 pgids = {name: net.servers[ura].proc.pid  # type: ignore[union-attr]
                          for name, ura in (("sender", THUISZORG), ("relay", RELAY),
                                            ("receiver", GGD))}
@@ -159,6 +170,7 @@ def main() -> None:
                 net.close()
         log("floor: validating and importing the same dossiers locally …")
         with bench_transfer.world_on(args.database_url) as world:
+            bench_transfer.floor(world, held_warm)  # warm, as the servers were
             floor_time = bench_transfer.floor(world, held)
     n = len(patients)
     sizes = sorted(len(d) for d in held)
