@@ -15,13 +15,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import Connection, text
 
 from ekd.interaction.base import Services
 from ekd.jgz.demo import generate
 from ekd.search.index import COLUMNS, Indexer, normalise
-from ekd.store.resources import Ahead, Stored, sqlite_time
+from ekd.store.resources import Stored, sqlite_time
 from ekd.store.schema import INDEX_TABLES
 from tests.app_helpers import TEST_ORG
 from tests.fhir_helpers import observation, patient
@@ -157,73 +156,3 @@ def test_a_store_outside_a_transaction_writes_in_one(services: Services) -> None
     with services.db.read() as conn:
         assert conn.execute(text("SELECT count(*) FROM resource")).scalar_one() == 0
         assert conn.execute(text("SELECT count(*) FROM search_token")).scalar_one() == 0
-
-
-def _stored_equal_indexers(services: Services, stored: list[Stored]) -> None:
-    with services.db.read() as conn:
-        got = stored_rows(conn)
-    want = expected_rows(Indexer(services.search.parameters, fast=False), stored,
-                         services.db.dialect == "sqlite")
-    for key in want:
-        for table in INDEX_TABLES:
-            assert sorted(map(repr, got.get(key, {}).get(table, []))) == sorted(
-                map(repr, want[key].get(table, []))), (key, table)
-
-
-def test_rows_made_ahead_are_the_rows_create_many_makes(services: Services) -> None:
-    """The importer makes index rows before its write transaction (`index_ahead`, without
-    the version stamp); written by `create_many`, they are the indexer's rows."""
-    items = odd_resources() + dossier_sample()
-    with services.db.read() as conn:
-        ahead = services.store(conn, TEST_ORG).index_ahead(items)
-    assert all(a is not None and a.token is not None for a in ahead)
-    with services.db.write() as conn:
-        stored = services.store(conn, TEST_ORG).create_many(items, ahead=ahead)
-    _stored_equal_indexers(services, stored)
-
-
-BOGUS = {"search_token": [("bogus", None, "made-ahead", None)]}
-
-
-@pytest.mark.parametrize("fresh", [True, False])
-def test_rows_made_ahead_are_used_only_while_right(services: Services, fresh: bool) -> None:
-    """Rows made ahead are written as given while the parameters they were made with are in
-    force (`fresh`), and made again otherwise. Bogus rows show which happened."""
-    items = [("Patient", "ahead-1", patient(bsn="999999151"))]
-    with services.db.read() as conn:
-        store = services.store(conn, TEST_ORG)
-        token = store.index_ahead(items)[0].token  # type: ignore[union-attr]
-    ahead = [Ahead(BOGUS, token if fresh else object())]
-    with services.db.write() as conn:
-        stored = services.store(conn, TEST_ORG).create_many(items, ahead=ahead)
-    with services.db.read() as conn:
-        codes = {r[0] for r in conn.execute(text("SELECT code FROM search_token"))}
-    if fresh:
-        assert codes == {"made-ahead"}
-    else:
-        assert "made-ahead" not in codes
-        _stored_equal_indexers(services, stored)
-
-
-def test_a_parameter_reading_the_version_stamp_makes_rows_at_the_write(
-        services: Services, client: TestClient) -> None:
-    """Rows made ahead lack the version stamp the write sets: where a parameter may read it,
-    there is no token and `create_many` makes the rows itself."""
-    assert Indexer(services.search.parameters).rows_token("Patient") is not None
-    parameter = {"resourceType": "SearchParameter", "status": "active", "type": "token",
-                 "url": "https://fhir.ekd.nl/fhir/SearchParameter/test-version",
-                 "name": "TestVersion", "description": "version (test parameter)",
-                 "code": "test-version", "base": ["Patient"],
-                 "expression": "Patient.meta.versionId"}
-    assert client.post("/fhir/SearchParameter", json=parameter).status_code == 201
-    assert Indexer(services.search.parameters).rows_token("Patient") is None
-    assert Indexer(services.search.parameters).rows_token("Observation") is not None
-    items = [("Patient", "ahead-2", patient(bsn="999999151"))]
-    with services.db.read() as conn:
-        ahead = services.store(conn, TEST_ORG).index_ahead(items)
-    with services.db.write() as conn:
-        services.store(conn, TEST_ORG).create_many(items, ahead=ahead)
-    with services.db.read() as conn:
-        versions = [r[0] for r in conn.execute(text(
-            "SELECT code FROM search_token WHERE param = 'test-version'"))]
-    assert versions == ["1"]

@@ -182,42 +182,6 @@ def test_a_second_transfer_of_the_same_child_merges_without_duplicates(world: Wo
     assert set(versions.values()) == {1}
 
 
-def test_the_child_arriving_between_plan_and_write_is_merged_into(
-        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The import is worked out before its write transaction; decisions are taken again
-    inside it. Here the child is registered at the GGD in between (same BSN, birth date and
-    name): the dossier must be merged into that child, not make a second one."""
-    from ekd.transfer import importer
-
-    child = patient_id_of(world.load_child(THUISZORG))
-    sent = next(r for r in dossier(world, THUISZORG, child) if r["resourceType"] == "Patient")
-    registered: list[str] = []
-    plan = importer._plan
-
-    def plan_then_register(*args, **kwargs):  # type: ignore[no-untyped-def]
-        planned = plan(*args, **kwargs)
-        if not registered:
-            body = {k: v for k, v in sent.items() if k not in ("id", "meta")}
-            resp = handle(world.orgs[GGD], FhirRequest(method="POST", base=BASE,
-                                                       type="Patient", body=body,
-                                                       principal=principal(GGD)))
-            assert resp.status == 201, resp.body
-            registered.append(str((resp.body or {})["id"]))
-        return planned
-
-    monkeypatch.setattr(importer, "_plan", plan_then_register)
-    started = send(world, child)
-    world.pump()
-    assert transfer_state(world, started["id"]) == "imported"
-    assert ggd_counts(world)["Patient"] == 1
-    services = world.orgs[GGD]
-    with services.db.read() as conn:
-        assert conn.execute(select(transfer_inbox.c.patient_id)).scalar_one() == registered[0]
-    subjects = {r["subject"]["reference"] for r in dossier(world, GGD, registered[0])
-                if r["resourceType"] == "Observation"}
-    assert subjects == {f"Patient/{registered[0]}"}
-
-
 def ggd_versions(world: World) -> dict[str, int]:
     """Highest version per resource type at the GGD."""
     services = world.orgs[GGD]

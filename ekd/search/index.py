@@ -167,14 +167,6 @@ class Indexer:
             plan = self._plans[rtype] = _Plan(extractors)
         return plan
 
-    def rows_token(self, rtype: str) -> object | None:
-        """What rows made now for a new `rtype` resource depend on, besides its content: rows
-        made ahead of a write (`ResourceStore.index_ahead`) are still right at the write while
-        this is the same object. None when a parameter of the type may read the version stamp
-        (`meta.versionId`, `meta.lastUpdated`), which only the write sets."""
-        plan = self._plan(rtype)
-        return None if plan.reads_stamp else plan
-
     def __call__(self, content: dict) -> Rows:
         return {table: [dict(zip(COLUMNS[table], row, strict=True)) for row in rows]
                 for table, rows in self.table_rows(content).items()}
@@ -247,14 +239,10 @@ def _extract(extractor: Extractor, root: Node, memo: dict[object, list],
 Item = tuple[str, object, "str | None"]
 
 
-#: The parts of `meta` a write sets (`ekd.store.resources._stamp`).
-_STAMP = re.compile(r"lastUpdated|versionId")
-
-
 class _Plan:
     """The extractors of one resource type, found by the resource keys they need."""
 
-    __slots__ = ("always", "by_key", "by_shape", "extractors", "probes", "reads_stamp")
+    __slots__ = ("always", "by_key", "by_shape", "extractors", "probes")
 
     #: Resources of a type come in few shapes (sets of top-level keys): the candidates per
     #: shape are kept, up to this many shapes.
@@ -267,9 +255,6 @@ class _Plan:
         #: Position -> what to look for below the top-level key, for those that say.
         self.probes: dict[int, Probe] = {}
         self.by_shape: dict[tuple, list[tuple[Extractor, Probe | None]]] = {}
-        #: Whether a parameter may read what a write stamps (conservative: any mention).
-        self.reads_stamp = any(_STAMP.search(text) for e in extractors for text in (
-            e.param.expression or "", *(c.expression for c in e.param.components)))
         for i, extractor in enumerate(extractors):
             needs = extractor.needs
             if needs is None:

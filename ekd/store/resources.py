@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import orjson
 from sqlalchemy import ColumnElement, Connection, and_, or_, select, text, true
@@ -29,16 +29,6 @@ class Indexer(Protocol):
     """What the store asks of `ekd.search.index.Indexer`."""
 
     def table_rows(self, content: dict) -> IndexRows: ...
-
-    def rows_token(self, rtype: str) -> object | None: ...
-
-
-class Ahead(NamedTuple):
-    """Index rows of a new resource, made before the write transaction
-    (`ResourceStore.index_ahead`), and what they stay right for."""
-
-    rows: IndexRows
-    token: object | None
 
 
 #: One item of `create_many` once stamped and indexed: type, id, content, index rows, org.
@@ -330,20 +320,8 @@ class ResourceStore:
             raise VersionConflict(f"{rtype}/{rid} was created concurrently by another request")
         return Stored(pk, rtype, rid, 1, when, False, stamped, method, seq, org)
 
-    def index_ahead(self, items: list[tuple[str, str, dict]]) -> list[Ahead | None]:
-        """The index rows `create_many(items)` would make, worked out now: outside the write
-        transaction, which on SQLite is the one writer of the database. Rows are made from
-        the content as `create_many` will stamp it, but for the stamp's values; where the
-        parameters may read those, or change before the write, `create_many` makes them
-        again."""
-        if self.indexer is None:
-            return [None] * len(items)
-        return [Ahead(self._index_rows(_stamp(content, rtype, rid, 1, "")),
-                      self.indexer.rows_token(rtype))
-                for rtype, rid, content in items]
-
-    def create_many(self, items: list[tuple[str, str, dict]], *, method: str = "PUT",
-                    ahead: list[Ahead | None] | None = None) -> list[Stored]:
+    def create_many(self, items: list[tuple[str, str, dict]], *, method: str = "PUT"
+                    ) -> list[Stored]:
         """Create new resources, as `create` would one by one, in a handful of statements.
 
         Why: importing a received dossier (~200 resources, all new) with `create` costs one
@@ -359,21 +337,15 @@ class ResourceStore:
         have been written by then, so the caller must roll back (as after a failed `create`
         inside a transaction Bundle); the connection stays usable, because conflicts are
         ON CONFLICT DO NOTHING, never a failed statement.
-
-        `ahead`: per item, rows from `index_ahead` on the same items, used where still right.
         """
         if not items:
             return []
         when = now()
         prepared: list[_Item] = []
         last_updated = instant(when)
-        for position, (rtype, rid, content) in enumerate(items):
+        for rtype, rid, content in items:
             stamped = _stamp(content, rtype, rid, 1, last_updated)
-            made = ahead[position] if ahead is not None else None
-            rows = (made.rows if made is not None and made.token is not None
-                    and self.indexer is not None and made.token is self.indexer.rows_token(rtype)
-                    else self._index_rows(stamped))
-            prepared.append((rtype, rid, stamped, rows, self.owner(rtype)))
+            prepared.append((rtype, rid, stamped, self._index_rows(stamped), self.owner(rtype)))
         out: list[Stored] = []
         sent: set[tuple[str, str]] = set()
         for start in range(0, len(prepared), BATCH_CHUNK):

@@ -1,13 +1,11 @@
 """Processing a received package: decrypt → verify → validate → check consent → match the
 child → import in one transaction → signed application receipt (TRANSFER.md).
 
-Everything that only reads the package runs before the database transaction, and so does
-working out the import (ids, rewritten references, index rows) from a read; the write
-transaction takes the decisions again and uses that work only if they came out the same. The
-import, the receiver-side Provenance, the origin map, the audit record, the inbox row's new
-state and the outbox row carrying the application receipt then commit together. A crash
-before that commit leaves the inbox row `received` (its lease runs out) and the next attempt
-starts from scratch: nothing is half-imported, nothing imported twice.
+Everything that only reads the package runs before the database transaction; the import, the
+receiver-side Provenance, the origin map, the audit record, the inbox row's new state and the
+outbox row carrying the application receipt then commit together. A crash before that commit
+leaves the inbox row `received` (its lease runs out) and the next attempt starts from scratch:
+nothing is half-imported, nothing imported twice.
 
 Matching (never an automatic merge on BSN alone): a child is merged into an existing Patient
 only when BSN, birth date and name all agree; a BSN that is known with another birth date or
@@ -38,7 +36,7 @@ from ekd.interaction import conditional
 from ekd.interaction.base import Services
 from ekd.interaction.write import validation_issues
 from ekd.search.execute import plan_generically
-from ekd.store.resources import Ahead, ResourceStore, instant, now
+from ekd.store.resources import ResourceStore, instant, now
 from ekd.store.schema import transfer_inbox, transfer_origin, transfer_outbox
 from ekd.transfer import claims, consent, failpoints, package, seal
 from ekd.transfer.context import Exchange
@@ -95,28 +93,16 @@ def process(services: Services, exchange: Exchange, row: dict, *,
             if _still(conn, row["pk"], expected):
                 _finish(services, exchange, conn, row, "rejected", exc.problems, None, None)
         return "rejected"
-    # The import is worked out first in a read transaction: on SQLite the write transaction
-    # is the database's one writer, and every other write of the server (packages arriving,
-    # receipts, REST requests) waits for it. Inside it, the decisions are taken again and
-    # what was worked out is used only if they came out the same.
-    ids = {_key(r): str(uuid.uuid4()) for r in opened.resources}
-    with services.db.read() as conn:
-        store = services.store(conn, exchange.ura)
-        planned: _Plan | None = _plan(store, opened, _decide(
-            services, store, conn, opened, decision, ids))
     for attempt in range(3):
         try:
             with services.db.write() as conn:
                 if not _still(conn, row["pk"], expected):
                     return "done"
-                outcome = _import(services, exchange, conn, row, opened, decision, ids,
-                                  planned)
+                outcome = _import(services, exchange, conn, row, opened, decision)
                 failpoints.hit("receiver-before-import")
             failpoints.hit("receiver-after-import")
             return outcome
         except FhirError as exc:  # a resource the store refused, a lost race on an id
-            ids = {key: str(uuid.uuid4()) for key in ids}
-            planned = None
             if attempt == 2:
                 with services.db.write() as conn:
                     problems = [{"code": "import", "message": exc.diagnostics}]
@@ -261,56 +247,29 @@ def match(services: Services, store: ResourceStore, patient: dict, bsn: str
     return "merge", found[0].id, None
 
 
-@dataclass(frozen=True, slots=True)
-class _Decisions:
-    """What an import does: taken from the database, so taken again inside the write
-    transaction; equal decisions mean the same import."""
-
-    outcome: str  # "new", "merge" or "review"
-    local_patient: str | None
-    why: str | None
-    #: sender "Type/id" -> (local "Type/id", reuse as is); see `_map_ids`
-    mapping: dict[str, tuple[str, bool]]
-    #: sender keys of resources imported before, to be updated
-    known: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """The import's work that only depends on its decisions: the resources to store, as they
-    will be stored, and index rows for the new ones."""
-
-    decisions: _Decisions
-    #: sender key -> (local type, local id, content), for each resource that is stored
-    contents: dict[str, tuple[str, str, dict]]
-    ahead: dict[str, Ahead | None]
-
-
-def _key(resource: dict) -> str:
-    return f"{resource['resourceType']}/{resource['id']}"
-
-
-def _decide(services: Services, store: ResourceStore, conn: Connection, opened: Opened,
-            decision: str | None, ids: dict[str, str]) -> _Decisions:
+def _import(services: Services, exchange: Exchange, conn: Connection, row: dict,
+            opened: Opened, decision: str | None) -> str:
+    store = services.store(conn, exchange.ura)
     if decision is None:
         outcome, local_patient, why = match(services, store, opened.patient, opened.bsn)
         if outcome == "review":
-            return _Decisions(outcome, None, why, {}, frozenset())
+            problems = [{"code": "review", "message": str(why), "element": "Patient"}]
+            _finish(services, exchange, conn, row, "review", problems, None, opened.bsn)
+            return "review"
     elif decision == "new":
-        outcome, local_patient, why = "new", None, None
+        local_patient = None
     else:
-        outcome, local_patient, why = "merge", decision.removeprefix("Patient/"), None
-    mapping, known = _map_ids(services, store, conn, opened.envelope.sender, opened,
-                              local_patient, ids, fresh=decision == "new")
-    return _Decisions(outcome, local_patient, why, mapping, frozenset(known))
-
-
-def _plan(store: ResourceStore, opened: Opened, decided: _Decisions) -> _Plan:
-    refs = _reference_map(opened.bundle, decided.mapping)
-    contents: dict[str, tuple[str, str, dict]] = {}
+        local_patient = decision.removeprefix("Patient/")
+    sender_ura = opened.envelope.sender
+    mapping, known = _map_ids(services, store, conn, sender_ura, opened, local_patient,
+                              fresh=decision == "new")
+    refs = _reference_map(opened.bundle, mapping)
+    imported: list[str] = []
+    origins = []
+    new: list[tuple[str, str, dict]] = []
     for resource in opened.resources:
-        key = _key(resource)
-        target, reuse = decided.mapping.get(key, ("", True))
+        key = f"{resource['resourceType']}/{resource['id']}"
+        target, reuse = mapping[key]
         if reuse:
             continue  # the local Patient of a merge, an organisation known here
         rtype, rid = target.split("/", 1)
@@ -318,51 +277,25 @@ def _plan(store: ResourceStore, opened: Opened, decided: _Decisions) -> _Plan:
         content["id"] = rid
         meta = {k: v for k, v in (content.get("meta") or {}).items()
                 if k not in ("versionId", "lastUpdated", "source")}
-        meta["source"] = f"urn:ura:{opened.envelope.sender}#{key}"
+        meta["source"] = f"urn:ura:{sender_ura}#{key}"
         content["meta"] = meta
-        contents[key] = (rtype, rid, content)
-    # A fresh id cannot exist yet; only resources known from an earlier transfer of the same
-    # sender are updated in place, and their rows are made by the update.
-    fresh = [key for key in contents if key not in decided.known]
-    ahead = dict(zip(fresh, store.index_ahead([contents[key] for key in fresh]), strict=True))
-    return _Plan(decided, contents, ahead)
-
-
-def _import(services: Services, exchange: Exchange, conn: Connection, row: dict,
-            opened: Opened, decision: str | None, ids: dict[str, str],
-            planned: _Plan | None) -> str:
-    store = services.store(conn, exchange.ura)
-    decided = _decide(services, store, conn, opened, decision, ids)
-    if decided.outcome == "review":
-        problems = [{"code": "review", "message": str(decided.why), "element": "Patient"}]
-        _finish(services, exchange, conn, row, "review", problems, None, opened.bsn)
-        return "review"
-    plan = planned if planned is not None and planned.decisions == decided else _plan(
-        store, opened, decided)
-    sender_ura = opened.envelope.sender
-    imported: list[str] = []
-    origins = []
-    new: list[tuple[str, str, dict]] = []
-    ahead: list[Ahead | None] = []
-    for key, (rtype, rid, content) in plan.contents.items():
-        target = f"{rtype}/{rid}"
-        prev = store.current(rtype, rid, lock=True) if key in decided.known else None
+        # A fresh id cannot exist yet; only resources known from an earlier transfer of the
+        # same sender are updated in place.
+        prev = store.current(rtype, rid, lock=True) if key in known else None
         if prev is None:
             new.append((rtype, rid, content))
-            ahead.append(plan.ahead.get(key))
         elif not _unchanged(prev.content, content):
             store.update(prev, content)
         imported.append(target)
         origins.append({"org": exchange.ura, "sender": sender_ura, "source": key,
                         "local": target})
-    patient_id = decided.mapping[opened.envelope.patient][0].removeprefix("Patient/")
+    patient_id = mapping[opened.envelope.patient][0].removeprefix("Patient/")
     provenance = _receiver_provenance(exchange, opened, imported, patient_id)
     new.append(("Provenance", provenance["id"], provenance))
-    ahead.append(None)
     # One batch for everything new (a first transfer: the whole dossier): a handful of
     # statements instead of one round trip per resource, planned like any other time.
     plan_generically(conn)
-    store.create_many(new, method="PUT", ahead=ahead)
+    store.create_many(new, method="PUT")
     _save_origins(conn, origins)
     _finish(services, exchange, conn, row, "imported", opened.warnings, patient_id, opened.bsn)
     return "imported"
@@ -381,13 +314,12 @@ def _without_version(resource: dict) -> dict:
 
 
 def _map_ids(services: Services, store: ResourceStore, conn: Connection, sender_ura: str,
-             opened: Opened, local_patient: str | None, ids: dict[str, str], *,
-             fresh: bool = False) -> tuple[dict[str, tuple[str, bool]], set[str]]:
+             opened: Opened, local_patient: str | None, *, fresh: bool = False
+             ) -> tuple[dict[str, tuple[str, bool]], set[str]]:
     """Sender "Type/id" → (local "Type/id", reuse-as-is); and the keys that map to a resource
-    imported before (to be updated, not created). A new resource gets its id from `ids`, so
-    that the same decisions give the same mapping. `fresh` (a reviewer's "a new child"):
+    imported before (to be updated, not created). `fresh` (a reviewer's "a new child"):
     nothing is taken for what an earlier transfer brought."""
-    keys = [_key(r) for r in opened.resources]
+    keys = [f"{r['resourceType']}/{r['id']}" for r in opened.resources]
     known = {} if fresh else {r.source: r.local for r in conn.execute(select(
         transfer_origin.c.source, transfer_origin.c.local).where(
         transfer_origin.c.org == store.org, transfer_origin.c.sender == sender_ura,
@@ -405,7 +337,7 @@ def _map_ids(services: Services, store: ResourceStore, conn: Connection, sender_
                 services, store, rtype, resource)) is not None:
             mapping[key] = (local, True)
         else:
-            mapping[key] = (f"{rtype}/{ids[key]}", False)
+            mapping[key] = (f"{rtype}/{uuid.uuid4()}", False)
     return mapping, updated
 
 
