@@ -32,6 +32,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -126,6 +127,21 @@ def transfer_all(net: Network, patients: list[str], clients: int, timeout: float
     return time.perf_counter() - start, states
 
 
+def probe_writes(net: Network, stop: threading.Event, latencies: list[float]) -> None:
+    """A REST write at the receiver every 0.1 s while it imports: what a nurse's client
+    waits there during a bulk of incoming dossiers (on SQLite, for the one writer)."""
+    bundle = next(demo.generate(1, seed=999))
+    body = next(e["resource"] for e in bundle["entry"]
+                if e["resource"]["resourceType"] == "Patient")
+    with net.client(GGD) as c:
+        while not stop.is_set():
+            start = time.perf_counter()
+            resp = c.post(f"{net.base(GGD)}/fhir/Patient", json=body)
+            assert resp.status_code == 201, resp.text
+            latencies.append(time.perf_counter() - start)
+            stop.wait(0.1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--children", type=int, default=40)
@@ -139,6 +155,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4,
                         help="children transferred first, not counted: a server compiles "
                              "profiles and expressions on first use, once per process")
+    parser.add_argument("--probe", action="store_true",
+                        help="also time a REST write at the receiver every 0.1 s during the "
+                             "transfers (adds that load)")
     parser.add_argument("--seed", type=int, default=5)
     args = parser.parse_args()
     if args.quick:
@@ -164,7 +183,16 @@ def main() -> None:
                                            ("receiver", GGD))}
                 before = {name: cpu_seconds(pgid) for name, pgid in pgids.items()}
                 log("transferring …")
-                wall, states = transfer_all(net, patients, args.clients, timeout=600)
+                stop, latencies = threading.Event(), []
+                prober = threading.Thread(target=probe_writes, args=(net, stop, latencies))
+                if args.probe:
+                    prober.start()
+                try:
+                    wall, states = transfer_all(net, patients, args.clients, timeout=600)
+                finally:
+                    stop.set()
+                    if args.probe:
+                        prober.join()
                 cpu = {name: cpu_seconds(pgid) - before[name] for name, pgid in pgids.items()}
             finally:
                 net.close()
@@ -186,6 +214,10 @@ def main() -> None:
     total_cpu = sum(cpu.values())
     print(f"  {'all':<10} {total_cpu * 1000 / n:8.1f} ms/dossier "
           f"(busy {total_cpu / wall:.2f} cores on average)")
+    if latencies:
+        ms = sorted(t * 1000 for t in latencies)
+        print(f"\nREST writes at the receiver meanwhile: {len(ms)}, ms p50 "
+              f"{ms[len(ms) // 2]:.1f}, p90 {ms[int(len(ms) * 0.9)]:.1f}, max {ms[-1]:.1f}")
     assert states == {"imported": n}, states
     bench_transfer.report("end to end (real processes)", n, wall, floor_time)
 
