@@ -131,3 +131,33 @@ def test_base_required_binding_on_code() -> None:
     assert errors(v.validate(patient(gender="male"))) == []
     issues = errors(v.validate(patient(gender="man")))
     assert paths(issues) == ["Patient.gender"] and "man" not in issues[0].diagnostics
+
+
+def test_base_required_binding_without_terminology_uses_the_r4_codes() -> None:
+    """With no terminology service, the R4 ValueSet's codes (`enums.required_codes`) decide:
+    `Observation.status` lists only some of them in its `short` ("... amended +"), so the
+    binding went unchecked and a made-up status was stored."""
+    v = validator(terminology=None)
+    for status in ("final", "corrected", "entered-in-error", "unknown"):  # not all in `short`
+        assert errors(v.validate(_obs(status=status))) == [], status
+    issues = errors(v.validate(_obs(status="bogus")))
+    assert paths(issues) == ["Observation.status"]
+    assert "observation-status" in issues[0].diagnostics
+
+
+def test_the_r4_code_table_is_what_the_package_gives() -> None:
+    """`r4-required-codes.json` is generated from the R4 package; regenerated, it is the same
+    (and so neither hand-edited nor stale)."""
+    import pytest
+    from examples_corpus import EXAMPLES_TGZ
+
+    from ekd.validation import enums
+
+    if not EXAMPLES_TGZ.exists():
+        pytest.skip(f"the R4 package is not at {EXAMPLES_TGZ}")
+    made = enums.generate(EXAMPLES_TGZ)
+    assert {url: frozenset(codes) for url, codes in made["valuesets"].items()} == enums._table()
+    assert enums.required_codes("http://hl7.org/fhir/ValueSet/observation-status|4.0.1") == {
+        "registered", "preliminary", "final", "amended", "corrected", "cancelled",
+        "entered-in-error", "unknown"}
+    assert enums.required_codes("http://example.org/ValueSet/unknown") is None

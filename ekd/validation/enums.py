@@ -1,16 +1,30 @@
 """Codes of the R4 base required bindings on `code` elements, without a terminology package.
 
-The base StructureDefinitions of a plain install bind `Patient.gender` and some 350 other `code`
-elements to R4 ValueSets that only a full FHIR package carries. For required bindings the R4
-definitions list the codes in `ElementDefinition.short` ("male | female | other | unknown"),
-and mark an incomplete list with "+" ("registered | preliminary | final | amended +"). A
-complete list is enough to enforce the binding offline; anything else is left unchecked.
+The base StructureDefinitions of a plain install bind `Patient.gender`, `Observation.status`
+and some 350 other `code` elements to R4 ValueSets that only a full FHIR package carries.
+`r4-required-codes.json` holds the codes of each such ValueSet that the R4 package defines
+completely (its CodeSystems enumerate every code; no filters): the definitions are part of the
+FHIR specification (HL7, CC0), generated once from the official package:
+
+    python -m ekd.validation.enums path/to/hl7.fhir.r4.(core|examples)-4.0.1.tgz
+
+For a ValueSet not in the table, the R4 definitions list the codes in `ElementDefinition.short`
+("male | female | other | unknown") and mark an incomplete list with "+" ("registered |
+preliminary | final | amended +"): a complete list is enough to enforce the binding offline;
+anything else is left unchecked.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+import tarfile
+from functools import cache
+from pathlib import Path
 
+import orjson
+
+TABLE = Path(__file__).with_name("r4-required-codes.json")
 _CODE = re.compile(r"[A-Za-z0-9\-.]+")
 
 
@@ -21,3 +35,103 @@ def codes_from_short(short: object) -> frozenset[str] | None:
     if len(parts) < 2 or not all(_CODE.fullmatch(p) for p in parts):
         return None
     return frozenset(parts)
+
+
+@cache
+def _table() -> dict[str, frozenset[str]]:
+    data = orjson.loads(TABLE.read_bytes())
+    return {url: frozenset(codes) for url, codes in data["valuesets"].items()}
+
+
+def required_codes(valueset: str) -> frozenset[str] | None:
+    """Every code of an R4 ValueSet bound required to a `code` element (any `|version`
+    suffix ignored), or None when the table does not know it."""
+    return _table().get(valueset.partition("|")[0])
+
+
+# -- generating the table ------------------------------------------------------------------
+
+
+def _concepts(concepts: list[dict]) -> list[str]:
+    out = []
+    for concept in concepts:
+        out.append(concept["code"])
+        out.extend(_concepts(concept.get("concept") or []))
+    return out
+
+
+def _expand(url: str, valuesets: dict[str, dict], codesystems: dict[str, dict],
+            seen: frozenset[str] = frozenset()) -> set[str] | None:
+    """All codes of the ValueSet, or None unless the package defines them completely."""
+    vs = valuesets.get(url)
+    compose = (vs or {}).get("compose")
+    if not compose or compose.get("exclude") or url in seen:
+        return None
+    codes: set[str] = set()
+    for include in compose.get("include") or []:
+        if include.get("filter"):
+            return None
+        part: set[str] | None = None
+        if include.get("concept"):
+            part = {c["code"] for c in include["concept"]}
+        elif include.get("system"):
+            cs = codesystems.get(include["system"])
+            if cs is None or cs.get("content") != "complete":
+                return None
+            part = set(_concepts(cs.get("concept") or []))
+        for imported in include.get("valueSet") or []:
+            more = _expand(imported.partition("|")[0], valuesets, codesystems, seen | {url})
+            if more is None:
+                return None
+            part = more if part is None else part & more
+        if not part:
+            return None
+        codes |= part
+    return codes or None
+
+
+def generate(package: Path) -> dict:
+    bound: set[str] = set()
+    valuesets: dict[str, dict] = {}
+    codesystems: dict[str, dict] = {}
+    with tarfile.open(package, "r:gz") as tar:
+        for member in tar:
+            name = member.name.rsplit("/", 1)[-1]
+            if not name.startswith(("StructureDefinition-", "ValueSet-", "CodeSystem-")):
+                continue
+            handle = tar.extractfile(member)
+            assert handle is not None
+            data = orjson.loads(handle.read())
+            kind = data.get("resourceType")
+            if kind == "ValueSet":
+                valuesets[data["url"]] = data
+            elif kind == "CodeSystem":
+                codesystems[data["url"]] = data
+            elif kind == "StructureDefinition" and data.get("derivation") != "constraint":
+                for el in (data.get("snapshot") or {}).get("element") or []:
+                    binding = el.get("binding") or {}
+                    types = [t.get("code") for t in el.get("type") or []]
+                    if (binding.get("strength") == "required" and types == ["code"]
+                            and binding.get("valueSet")):
+                        bound.add(binding["valueSet"].partition("|")[0])
+    table = {}
+    for url in sorted(bound):
+        codes = _expand(url, valuesets, codesystems)
+        if codes is not None:
+            table[url] = sorted(codes)
+    if not table:
+        raise SystemExit(f"{package}: no required ValueSets found")
+    return {"source": f"FHIR R4 4.0.1 ({package.name})", "bound": len(bound),
+            "valuesets": table}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m ekd.validation.enums <R4 package .tgz>")
+    result = generate(Path(sys.argv[1]))
+    lines = [f'"{url}":{orjson.dumps(codes).decode()}'
+             for url, codes in result["valuesets"].items()]
+    TABLE.write_text(f'{{"source": {orjson.dumps(result["source"]).decode()}, '
+                     f'"bound": {result["bound"]},\n"valuesets": {{\n' + ",\n".join(lines)
+                     + "\n}}\n")
+    print(f"{TABLE}: {len(result['valuesets'])} of {result['bound']} required ValueSets")

@@ -35,7 +35,7 @@ from ekd.validation.compiled import (
     Element,
     TypeRef,
 )
-from ekd.validation.enums import codes_from_short
+from ekd.validation.enums import codes_from_short, required_codes
 from ekd.validation.snapshot import SnapshotError
 from ekd.validation.walker import (
     _ABSOLUTE,
@@ -618,7 +618,10 @@ class ProfileValidator:
                 return
             result = self._check_code(vs, None, value, None)
             if (result is None or result.valid is None) and strength == "required":
-                allowed = codes_from_short(el.definition.get("short"))  # R4 VS not loaded
+                # An R4 ValueSet no terminology here holds: the codes the specification gives.
+                allowed = required_codes(vs)
+                if allowed is None:
+                    allowed = codes_from_short(el.definition.get("short"))
                 if allowed is not None and value not in allowed:
                     walk.report(severity, "code-invalid", path,
                                 f"The value provided is not in the value set {vs_name}, and a "
