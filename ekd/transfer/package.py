@@ -170,10 +170,11 @@ def dossier(bundle: dict) -> list[dict]:
             raise PackageInvalid([Issue("error", "required", "A resource in the package has no "
                                         "id: references to it cannot be followed",
                                         ("Bundle.entry.resource.id",))])
-        if f"{rtype}/{rid}" in seen:
-            raise PackageInvalid([Issue("error", "duplicate", f"{rtype}/{rid} is in the "
-                                        "package twice", ("Bundle.entry.resource.id",))])
-        seen.add(f"{rtype}/{rid}")
+        key = f"{rtype}/{rid}"
+        if key in seen:
+            raise PackageInvalid([Issue("error", "duplicate", f"{key} is in the package twice",
+                                        ("Bundle.entry.resource.id",))])
+        seen.add(key)
         out.append(resource)
     return out
 

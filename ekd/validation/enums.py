@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import sys
-import tarfile
 from functools import cache
 from pathlib import Path
 
@@ -52,73 +51,30 @@ def required_codes(valueset: str) -> frozenset[str] | None:
 # -- generating the table ------------------------------------------------------------------
 
 
-def _concepts(concepts: list[dict]) -> list[str]:
-    out = []
-    for concept in concepts:
-        out.append(concept["code"])
-        out.extend(_concepts(concept.get("concept") or []))
-    return out
-
-
-def _expand(url: str, valuesets: dict[str, dict], codesystems: dict[str, dict],
-            seen: frozenset[str] = frozenset()) -> set[str] | None:
-    """All codes of the ValueSet, or None unless the package defines them completely."""
-    vs = valuesets.get(url)
-    compose = (vs or {}).get("compose")
-    if not compose or compose.get("exclude") or url in seen:
-        return None
-    codes: set[str] = set()
-    for include in compose.get("include") or []:
-        if include.get("filter"):
-            return None
-        part: set[str] | None = None
-        if include.get("concept"):
-            part = {c["code"] for c in include["concept"]}
-        elif include.get("system"):
-            cs = codesystems.get(include["system"])
-            if cs is None or cs.get("content") != "complete":
-                return None
-            part = set(_concepts(cs.get("concept") or []))
-        for imported in include.get("valueSet") or []:
-            more = _expand(imported.partition("|")[0], valuesets, codesystems, seen | {url})
-            if more is None:
-                return None
-            part = more if part is None else part & more
-        if not part:
-            return None
-        codes |= part
-    return codes or None
-
-
 def generate(package: Path) -> dict:
+    """The table from an R4 package: read by the definitions registry, each ValueSet compiled
+    by the terminology service; kept where its members are complete."""
+    from ekd.definitions.registry import Registry
+    from ekd.terminology.service import TerminologyService
+
+    registry = Registry()
+    registry.load_package(package)
     bound: set[str] = set()
-    valuesets: dict[str, dict] = {}
-    codesystems: dict[str, dict] = {}
-    with tarfile.open(package, "r:gz") as tar:
-        for member in tar:
-            name = member.name.rsplit("/", 1)[-1]
-            if not name.startswith(("StructureDefinition-", "ValueSet-", "CodeSystem-")):
-                continue
-            handle = tar.extractfile(member)
-            assert handle is not None
-            data = orjson.loads(handle.read())
-            kind = data.get("resourceType")
-            if kind == "ValueSet":
-                valuesets[data["url"]] = data
-            elif kind == "CodeSystem":
-                codesystems[data["url"]] = data
-            elif kind == "StructureDefinition" and data.get("derivation") != "constraint":
-                for el in (data.get("snapshot") or {}).get("element") or []:
-                    binding = el.get("binding") or {}
-                    types = [t.get("code") for t in el.get("type") or []]
-                    if (binding.get("strength") == "required" and types == ["code"]
-                            and binding.get("valueSet")):
-                        bound.add(binding["valueSet"].partition("|")[0])
+    for sd in registry.all("StructureDefinition"):
+        if sd.get("derivation") == "constraint":
+            continue
+        for el in (sd.get("snapshot") or {}).get("element") or []:
+            binding = el.get("binding") or {}
+            types = [t.get("code") for t in el.get("type") or []]
+            if binding.get("strength") == "required" and types == ["code"] and binding.get(
+                    "valueSet"):
+                bound.add(binding["valueSet"].partition("|")[0])
+    terminology = TerminologyService(registry)
     table = {}
     for url in sorted(bound):
-        codes = _expand(url, valuesets, codesystems)
-        if codes is not None:
-            table[url] = sorted(codes)
+        compiled = terminology.compiled(url)
+        if compiled is not None and compiled.members.complete and compiled.members.yes:
+            table[url] = sorted({entry.code for entry in compiled.members.yes.values()})
     if not table:
         raise SystemExit(f"{package}: no required ValueSets found")
     return {"source": f"FHIR R4 4.0.1 ({package.name})", "bound": len(bound),
